@@ -1,0 +1,318 @@
+//! The ingest rules of DESIGN §3, one table row per rule.
+
+use super::*;
+
+/// 2026-12-03T10:00:00Z, the receive time in every test.
+const NOW: i64 = 1_796_292_000_000;
+
+fn run(body: &str) -> Result<Parsed, BodyError> {
+    parse(body.as_bytes(), NOW, &Limits::default())
+}
+
+fn one_error(reading: &str) -> String {
+    let parsed = run(&format!("[{reading}]")).unwrap();
+    assert!(
+        parsed.readings.is_empty(),
+        "{reading} was accepted: {:?}",
+        parsed.readings
+    );
+    assert_eq!(parsed.rejected.len(), 1);
+    parsed.rejected[0].error.clone()
+}
+
+fn one_ok(reading: &str) -> Reading {
+    let parsed = run(&format!("[{reading}]")).unwrap();
+    assert!(
+        parsed.rejected.is_empty(),
+        "{reading} rejected: {:?}",
+        parsed.rejected
+    );
+    parsed.readings[0].clone()
+}
+
+#[test]
+fn the_three_body_shapes_are_accepted() {
+    let r = r#"{"metric":"temperature","value":21.5,"ts":"2026-12-03T09:00:00Z"}"#;
+    for body in [
+        format!(r#"{{"readings":[{r}]}}"#),
+        format!("[{r}]"),
+        r.to_owned(),
+    ] {
+        let parsed = run(&body).unwrap();
+        assert_eq!(parsed.readings.len(), 1, "{body}");
+        assert_eq!(parsed.readings[0].metric, "temperature");
+        assert_eq!(parsed.readings[0].value, 21.5);
+        assert_eq!(parsed.readings[0].ts_ms, NOW - 3_600_000);
+    }
+}
+
+#[test]
+fn whole_body_faults_are_errors_of_the_body() {
+    let cases: &[(&str, fn(&BodyError) -> bool)] = &[
+        ("", |e| matches!(e, BodyError::Empty)),
+        ("   \n", |e| matches!(e, BodyError::Empty)),
+        ("{", |e| matches!(e, BodyError::NotJson(_))),
+        ("nan", |e| matches!(e, BodyError::NotJson(_))),
+        ("hello", |e| matches!(e, BodyError::NotJson(_))),
+        ("[1,2", |e| matches!(e, BodyError::NotJson(_))),
+        ("42", |e| matches!(e, BodyError::WrongShape(_))),
+        ("\"x\"", |e| matches!(e, BodyError::WrongShape(_))),
+        ("null", |e| matches!(e, BodyError::WrongShape(_))),
+        (r#"{"readings":5}"#, |e| {
+            matches!(e, BodyError::WrongShape(_))
+        }),
+        (r#"{"readings":null}"#, |e| {
+            matches!(e, BodyError::WrongShape(_))
+        }),
+    ];
+    for (body, ok) in cases {
+        let err = run(body).unwrap_err();
+        assert!(ok(&err), "{body:?} gave {err:?}");
+    }
+    assert!(matches!(
+        parse(&[0xff, 0xfe], NOW, &Limits::default()),
+        Err(BodyError::NotJson(_))
+    ));
+}
+
+#[test]
+fn an_empty_array_is_a_valid_body_with_nothing_in_it() {
+    assert_eq!(run("[]").unwrap(), Parsed::default());
+    assert_eq!(run(r#"{"readings":[]}"#).unwrap(), Parsed::default());
+}
+
+#[test]
+fn size_limits_are_checked_with_the_limit_in_the_message() {
+    let limits = Limits {
+        max_body_bytes: 100,
+        max_readings: 2,
+        ..Limits::default()
+    };
+    let big = format!("[{}]", " ".repeat(200));
+    let err = parse(big.as_bytes(), NOW, &limits).unwrap_err();
+    assert!(err.to_string().contains("100 bytes"), "{err}");
+    let three = r#"[{"metric":"a","value":1},{"metric":"a","value":2},{"metric":"a","value":3}]"#;
+    let err = parse(three.as_bytes(), NOW, &limits).unwrap_err();
+    assert_eq!(err, BodyError::TooManyReadings { count: 3, limit: 2 });
+    assert!(err.to_string().contains("limit of 2"));
+}
+
+#[test]
+fn metric_names_follow_the_charset_and_length_rules() {
+    for ok in ["t", "temperature", "a.b:c/d-e_f", "A9", &"m".repeat(128)] {
+        assert_eq!(
+            one_ok(&format!(r#"{{"metric":"{ok}","value":1}}"#)).metric,
+            ok
+        );
+    }
+    for (bad, needle) in [
+        (r#""""#, "1-128"),
+        (&format!(r#""{}""#, "m".repeat(129)), "1-128"),
+        (r#""a b""#, "may only contain"),
+        (r#""temp°""#, "may only contain"),
+        (r#""a\nb""#, "may only contain"),
+        ("5", "must be a string"),
+        ("null", "must be a string"),
+    ] {
+        let err = one_error(&format!(r#"{{"metric":{bad},"value":1}}"#));
+        assert!(err.contains(needle), "{bad}: {err}");
+    }
+    assert!(one_error(r#"{"value":1}"#).contains("metric is required"));
+}
+
+#[test]
+fn values_must_be_finite_json_numbers() {
+    for (text, expected) in [
+        ("0", 0.0_f64),
+        ("-0.5", -0.5),
+        ("1e300", 1e300),
+        ("-1e300", -1e300),
+        ("24.3566666666667", 24.3566666666667),
+        ("0.00476416302416414", 0.00476416302416414),
+        ("12345678901234567890", 12345678901234567890.0),
+    ] {
+        let r = one_ok(&format!(r#"{{"metric":"m","value":{text}}}"#));
+        assert_eq!(r.value.to_bits(), expected.to_bits(), "{text}");
+    }
+    for (text, needle) in [
+        (r#""37.8""#, "not a string"),
+        (r#""NaN""#, "not finite"),
+        (r#""Infinity""#, "not finite"),
+        (r#""-inf""#, "not finite"),
+        ("null", "got null"),
+        ("true", "got a boolean"),
+        ("[1]", "got an array"),
+        (r#"{"v":1}"#, "got an object"),
+        ("1e400", "outside the range"),
+        ("-1e999", "outside the range"),
+    ] {
+        let err = one_error(&format!(r#"{{"metric":"m","value":{text}}}"#));
+        assert!(err.contains(needle), "{text}: {err}");
+    }
+    assert!(one_error(r#"{"metric":"m"}"#).contains("value is required"));
+}
+
+#[test]
+fn bare_non_finite_tokens_reject_only_their_reading() {
+    // Case C3: a bare NaN token in the JSON sinks neither the batch nor its neighbours.
+    let body = r#"[{"metric":"m","value":NaN},{"metric":"m","value":1},{"metric":"m","value":-Infinity},{"metric":"NaN","value":Infinity}]"#;
+    let parsed = run(body).unwrap();
+    assert_eq!(parsed.readings.len(), 1);
+    assert_eq!(parsed.readings[0].value, 1.0);
+    let idx: Vec<usize> = parsed.rejected.iter().map(|r| r.index).collect();
+    assert_eq!(idx, vec![0, 2, 3]);
+    assert!(
+        parsed
+            .rejected
+            .iter()
+            .all(|r| r.error.contains("not finite")),
+        "{:?}",
+        parsed.rejected
+    );
+    // A token inside a string is left alone, and a truly broken body is still an error.
+    assert!(matches!(
+        run(r#"[{"metric":"m","value":NaNa}]"#),
+        Err(BodyError::NotJson(_))
+    ));
+}
+
+#[test]
+fn timestamps_are_rfc3339_with_offset_or_epoch_milliseconds() {
+    for (ts, expected) in [
+        (r#""2026-12-03T10:00:00Z""#, NOW),
+        (r#""2026-12-03T11:00:00+01:00""#, NOW),
+        (r#""2026-12-03T10:00:00.123456Z""#, NOW + 123),
+        (r#""2015-02-02T14:19:00+01:00""#, 1_422_883_140_000),
+        ("1422883140000", 1_422_883_140_000),
+        ("946684800000", DEFAULT_HORIZON_MS),
+        ("null", NOW),
+    ] {
+        let r = one_ok(&format!(r#"{{"metric":"m","value":1,"ts":{ts}}}"#));
+        assert_eq!(r.ts_ms, expected, "{ts}");
+    }
+    assert_eq!(
+        one_ok(r#"{"metric":"m","value":1}"#).ts_ms,
+        NOW,
+        "absent ts is the receive time"
+    );
+    for (ts, needle) in [
+        (r#""2026-12-03T10:00:00""#, "RFC 3339 with an offset"),
+        (r#""2026-12-03""#, "RFC 3339"),
+        (r#""yesterday""#, "RFC 3339"),
+        ("1.5e12", "integer of epoch milliseconds"),
+        ("1422883140000.5", "integer of epoch milliseconds"),
+        ("99999999999999999999", "integer of epoch milliseconds"),
+        ("true", "got a boolean"),
+        ("-1", "before the horizon"),
+        (r#""1999-12-31T23:59:59Z""#, "before the horizon"),
+    ] {
+        let err = one_error(&format!(r#"{{"metric":"m","value":1,"ts":{ts}}}"#));
+        assert!(err.contains(needle), "{ts}: {err}");
+    }
+}
+
+#[test]
+fn epoch_seconds_are_rejected_with_a_message_that_says_so() {
+    // Case C1: the other readings of the batch are still accepted.
+    let parsed = run(
+        r#"[{"metric":"t","value":1,"ts":1559206140},{"metric":"t","value":2,"ts":1559206140000}]"#,
+    )
+    .unwrap();
+    assert_eq!(parsed.readings.len(), 1);
+    assert_eq!(parsed.readings[0].ts_ms, 1_559_206_140_000);
+    let err = &parsed.rejected[0];
+    assert_eq!(err.index, 0);
+    assert!(
+        err.error.contains("milliseconds") && err.error.contains("1970"),
+        "{}",
+        err.error
+    );
+    assert!(
+        err.error.contains("epoch seconds") && err.error.contains("1559206140000"),
+        "{}",
+        err.error
+    );
+}
+
+#[test]
+fn the_future_is_bounded_by_the_configured_skew() {
+    // Case C2.
+    let err = one_error(&format!(
+        r#"{{"metric":"m","value":1,"ts":{}}}"#,
+        NOW + 3_600_000
+    ));
+    assert!(
+        err.contains("in the future") && err.contains("3600 s"),
+        "{err}"
+    );
+    one_ok(&format!(
+        r#"{{"metric":"m","value":1,"ts":{}}}"#,
+        NOW + 300_000
+    ));
+    one_error(&format!(
+        r#"{{"metric":"m","value":1,"ts":{}}}"#,
+        NOW + 300_001
+    ));
+    let limits = Limits {
+        future_skew_ms: 0,
+        ..Limits::default()
+    };
+    let body = format!(r#"{{"metric":"m","value":1,"ts":{}}}"#, NOW + 1);
+    assert_eq!(
+        parse(body.as_bytes(), NOW, &limits).unwrap().rejected.len(),
+        1
+    );
+}
+
+#[test]
+fn non_object_readings_and_duplicate_fields_are_rejected_by_index() {
+    let parsed =
+        run(r#"[1,"x",null,[],{"metric":"m","value":1,"value":2},{"metric":"ok","value":3}]"#)
+            .unwrap();
+    assert_eq!(parsed.readings.len(), 1);
+    assert_eq!(
+        parsed.rejected.iter().map(|r| r.index).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4]
+    );
+    assert!(parsed.rejected[0].error.contains("JSON object"));
+    assert!(
+        parsed.rejected[4].error.contains("duplicate"),
+        "{}",
+        parsed.rejected[4].error
+    );
+}
+
+#[test]
+fn unknown_fields_are_ignored_and_batch_order_is_kept() {
+    // Case C9: readings keep their body order here; storage and rules order them by time.
+    let parsed = run(
+        r#"{"readings":[{"metric":"m","value":4,"ts":1700000003000,"unit":"C"},{"metric":"m","value":2,"ts":1700000001000},{"metric":"m","value":3,"ts":1700000002000},{"metric":"m","value":1,"ts":1700000000000}],"device":"x"}"#,
+    )
+    .unwrap();
+    let values: Vec<f64> = parsed.readings.iter().map(|r| r.value).collect();
+    assert_eq!(values, vec![4.0, 2.0, 3.0, 1.0]);
+}
+
+#[test]
+fn error_messages_do_not_echo_unbounded_input() {
+    let long = "x".repeat(10_000);
+    let err = one_error(&format!(r#"{{"metric":"m","value":"{long}"}}"#));
+    assert!(err.len() < 300, "{} bytes", err.len());
+}
+
+#[test]
+fn a_full_sized_batch_just_under_the_limits_is_accepted() {
+    // Case C10, the parser's half: 10 000 readings in under 1 MiB are all accepted.
+    let readings: Vec<String> = (0..10_000)
+        .map(|i| {
+            format!(
+                r#"{{"metric":"m","value":{i},"ts":{}}}"#,
+                1_700_000_000_000i64 + i
+            )
+        })
+        .collect();
+    let body = format!("[{}]", readings.join(","));
+    assert!(body.len() < 1024 * 1024);
+    let parsed = run(&body).unwrap();
+    assert_eq!(parsed.readings.len(), 10_000);
+}

@@ -1,0 +1,124 @@
+//! `POST /ingest`: the HTTP face of the ingest path.
+
+use crate::AppState;
+use crate::error::GatewayError;
+use crate::ingest::IngestError;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::Serialize;
+use shared::ingest::Rejection;
+use shared::wire::Channel;
+
+#[derive(Debug, Serialize)]
+pub struct IngestResponse {
+    pub accepted: usize,
+    pub rejected: Vec<Rejection>,
+    /// True when this was a retry of a batch already stored under the same `Idempotency-Key`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+/// The key a request presents: `Authorization: Bearer <key>` or `X-API-Key: <key>`. Keys are
+/// never read from the URL, where proxies and access logs would keep them.
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(auth) = headers.get(header::AUTHORIZATION) {
+        let auth = auth.to_str().ok()?;
+        let (scheme, key) = auth.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| key.trim());
+    }
+    headers.get("x-api-key")?.to_str().ok().map(str::trim)
+}
+
+/// The public key id of the presented key, for per-device rate limiting before the body is read.
+pub fn presented_key_id(headers: &HeaderMap) -> Option<String> {
+    presented_key(headers)
+        .and_then(shared::keys::split)
+        .map(|(id, _)| id.to_owned())
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| (1..=128).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()));
+    key.map(Some).ok_or_else(|| {
+        GatewayError::BadRequest("Idempotency-Key must be 1-128 visible ASCII characters".into())
+    })
+}
+
+pub async fn post_ingest(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<IngestResponse>), GatewayError> {
+    let received_at_ms = shared::now_ms();
+    let device_id = match presented_key(&headers) {
+        None => Err(crate::auth::AuthFailure::Missing),
+        Some(key) => state.registry.authenticate(key),
+    }
+    .map_err(|reason| {
+        state
+            .metrics
+            .device_auth_failures
+            .with_label_values(&["http", reason.as_str()])
+            .inc();
+        state
+            .metrics
+            .ingest_requests
+            .with_label_values(&["http", "unauthorised"])
+            .inc();
+        tracing::info!(
+            module = "ingest",
+            operation = "authenticate",
+            status = 401,
+            reason = reason.as_str(),
+            "Device key refused."
+        );
+        GatewayError::Unauthorized
+    })?;
+    let idempotency_key = idempotency_key(&headers)?;
+    let limit = state.ingestor.limits.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        state
+            .metrics
+            .ingest_requests
+            .with_label_values(&["http", "rejected"])
+            .inc();
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            GatewayError::PayloadTooLarge(format!("the body is over the limit of {limit} bytes"))
+        } else {
+            GatewayError::BadRequest(format!("the body could not be read: {e}"))
+        }
+    })?;
+    let accepted = state
+        .ingestor
+        .ingest(
+            device_id,
+            Channel::Http,
+            &bytes,
+            received_at_ms,
+            idempotency_key,
+        )
+        .await
+        .map_err(|e| match e {
+            IngestError::Body(b) => GatewayError::from(b),
+            IngestError::NoValidReadings(r) => GatewayError::NoValidReadings(r),
+            IngestError::NoReadings => GatewayError::NoReadings,
+            IngestError::Unavailable(p) => GatewayError::Unavailable(p.to_string()),
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(IngestResponse {
+            accepted: accepted.accepted,
+            rejected: accepted.rejected,
+            duplicate: accepted.duplicate,
+        }),
+    ))
+}

@@ -1,0 +1,151 @@
+//! The ingest gateway: stateless, any number of copies behind a load balancer.
+//!
+//! A device's batch is authenticated against an in-memory copy of the device-key bucket
+//! ([`auth`]), validated and normalised ([`ingest`]), and published to JetStream; the device is
+//! answered only after JetStream stored it. The gateway never touches the database.
+//!
+//! - [`config`]: flags and environment.
+//! - [`auth`]: the device-key registry fed by the KV bucket.
+//! - [`ingest`]: the one ingest path, its HTTP and MQTT faces, and the JetStream publisher.
+//! - [`routes`]: the HTTP router, health, readiness and metrics.
+//! - [`observability`]: metric families.
+//! - [`error`]: the one error type and JSON error shape.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod ingest;
+pub mod observability;
+pub mod routes;
+
+use anyhow::Context as _;
+use config::GatewayConfig;
+use ingest::Ingestor;
+use ingest::publish::Publisher;
+use observability::Metrics;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Cheap to clone: everything inside is shared.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<auth::KeyRegistry>,
+    pub ingestor: Ingestor,
+    pub metrics: Metrics,
+    pub nats: async_nats::Client,
+}
+
+pub struct Application {
+    http: TcpListener,
+    http_addr: SocketAddr,
+    state: AppState,
+    config: GatewayConfig,
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Application {
+    /// Connects to NATS, makes sure the stream and key bucket exist, starts following the key
+    /// bucket and binds the listeners (port 0 allowed; see [`http_addr`](Self::http_addr)).
+    pub async fn build(config: GatewayConfig, cancel: CancellationToken) -> anyhow::Result<Self> {
+        let names = config.nats.names()?;
+        let metrics = Metrics::new();
+        let nats = async_nats::ConnectOptions::new()
+            .name(format!("gateway/{}", names.namespace()))
+            .retry_on_initial_connect()
+            .connect(&config.nats.nats_url)
+            .await
+            .with_context(|| format!("cannot connect to NATS at {}", config.nats.nats_url))?;
+        let publisher = Publisher::new(
+            nats.clone(),
+            Duration::from_millis(config.publish_timeout_ms),
+            metrics.clone(),
+        );
+        let js = publisher.context().clone();
+        shared::backbone::ensure_stream(&js, &names, Default::default()).await?;
+        let store = shared::backbone::ensure_key_bucket(&js, &names).await?;
+
+        let registry = Arc::new(auth::KeyRegistry::new(metrics.clone()));
+        let tasks = vec![tokio::spawn(auth::follow_bucket(
+            registry.clone(),
+            store,
+            cancel.clone(),
+        ))];
+
+        let http = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("cannot bind the HTTP listener on {}", config.http_addr))?;
+        let http_addr = http.local_addr()?;
+        let ingestor = Ingestor {
+            limits: config.limits.limits(),
+            names,
+            publisher,
+            metrics: metrics.clone(),
+        };
+        let state = AppState {
+            registry,
+            ingestor,
+            metrics,
+            nats,
+        };
+        Ok(Self {
+            http,
+            http_addr,
+            state,
+            config,
+            cancel,
+            tasks,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until the cancellation token fires, then stops accepting, lets in-flight requests
+    /// finish (each awaits its JetStream ack) and flushes the NATS connection.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            http,
+            http_addr,
+            state,
+            config,
+            cancel,
+            tasks,
+        } = self;
+        tracing::info!(
+            module = "startup",
+            operation = "listen",
+            http_addr = %http_addr,
+            namespace = state.ingestor.names.namespace(),
+            "Gateway listening."
+        );
+        let router = routes::router(state.clone(), &config);
+        let server = axum::serve(
+            http,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(cancel.clone().cancelled_owned());
+        let result = server.await.context("HTTP server failed");
+        cancel.cancel();
+        for task in tasks {
+            let _ = task.await;
+        }
+        if let Err(e) = state.nats.flush().await {
+            tracing::warn!(error = %e, "Could not flush NATS on shutdown.");
+        }
+        tracing::info!(
+            module = "startup",
+            operation = "shutdown",
+            "Gateway stopped."
+        );
+        result
+    }
+}

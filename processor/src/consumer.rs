@@ -1,0 +1,344 @@
+//! The durable pull consumer: fetch many messages, write them in one statement, commit, then
+//! acknowledge. Nothing is acknowledged before it is stored.
+//!
+//! Outcomes map to acknowledgements in one place ([`Writer::handle`]):
+//! stored → ack; database unavailable → nak with back-off (redelivered later, to any copy);
+//! undecodable or invalid → term (counted and logged; it can never succeed, so it must not
+//! block the stream).
+
+use crate::config::ConsumerArgs;
+use crate::observability::Metrics;
+use crate::storage::{self, readings::Columns};
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use shared::names::Names;
+use shared::wire::{self, Batch};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Creates (or opens) the durable consumer every processor copy shares.
+pub async fn ensure_consumer(
+    js: &jetstream::Context,
+    names: &Names,
+    args: &ConsumerArgs,
+) -> anyhow::Result<PullConsumer> {
+    let stream = js.get_stream(names.stream()).await?;
+    let config = jetstream::consumer::pull::Config {
+        durable_name: Some(names.consumer()),
+        filter_subject: names.readings_wildcard(),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(args.ack_wait_secs),
+        max_ack_pending: args.max_ack_pending,
+        deliver_policy: jetstream::consumer::DeliverPolicy::All,
+        // Unlimited: a database outage must delay readings, never drop them.
+        max_deliver: -1,
+        ..Default::default()
+    };
+    Ok(stream
+        .get_or_create_consumer(&names.consumer(), config)
+        .await?)
+}
+
+/// Series ids never change once created, so every writer of the process shares one cache.
+pub type SeriesCache = Arc<Mutex<HashMap<(Uuid, String), i32>>>;
+
+#[derive(Clone)]
+pub struct Writer {
+    pub db: PgPool,
+    pub metrics: Metrics,
+    pub series: SeriesCache,
+    pub fetch_batch: usize,
+}
+
+/// Why a message can never be stored.
+#[derive(Debug, thiserror::Error)]
+enum Poison {
+    #[error(transparent)]
+    Decode(#[from] wire::DecodeError),
+    #[error("invalid reading in batch: {0}")]
+    Invalid(String),
+}
+
+/// The gateway validated the batch already; the processor checks again, since anyone with
+/// access to the subject could publish, and nothing non-finite may reach storage or rules.
+fn decode_valid(bytes: &[u8]) -> Result<Batch, Poison> {
+    let batch = wire::decode(bytes)?;
+    for r in &batch.readings {
+        if !r.value.is_finite() {
+            return Err(Poison::Invalid(format!(
+                "non-finite value for metric {}",
+                r.metric
+            )));
+        }
+        if !shared::ingest::valid_metric(&r.metric) {
+            return Err(Poison::Invalid("invalid metric name".into()));
+        }
+        if DateTime::<Utc>::from_timestamp_millis(r.ts_ms).is_none() {
+            return Err(Poison::Invalid(format!(
+                "timestamp {} out of range",
+                r.ts_ms
+            )));
+        }
+    }
+    Ok(batch)
+}
+
+fn backoff(delivered: i64) -> Duration {
+    let exp = delivered.clamp(1, 8) as u32;
+    Duration::from_millis(250 * 2u64.pow(exp - 1)).min(Duration::from_secs(30))
+}
+
+impl Writer {
+    /// Pulls until cancelled. A batch in progress is finished (written and acknowledged) before
+    /// returning.
+    pub async fn run(self, consumer: PullConsumer, cancel: CancellationToken) {
+        loop {
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(self.fetch_batch)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await;
+            match messages {
+                Ok(messages) => {
+                    let mut chunks = messages.ready_chunks(self.fetch_batch);
+                    loop {
+                        let chunk = tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            chunk = chunks.next() => chunk,
+                        };
+                        let Some(chunk) = chunk else { break };
+                        let mut ok = Vec::with_capacity(chunk.len());
+                        for m in chunk {
+                            match m {
+                                Ok(m) => ok.push(m),
+                                Err(e) => {
+                                    tracing::warn!(module = "consumer", error = %e, "Pull failed; continuing.")
+                                }
+                            }
+                        }
+                        if !ok.is_empty() {
+                            self.handle(ok).await;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(module = "consumer", error = %e, "Cannot start pulling; retrying.")
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    /// Stores one fetched set of messages and acknowledges each according to its outcome.
+    #[tracing::instrument(name = "write_batch", skip_all, fields(module = "consumer", operation = "write", messages = messages.len()))]
+    async fn handle(&self, messages: Vec<jetstream::Message>) {
+        let mut batches = Vec::with_capacity(messages.len());
+        let mut good = Vec::with_capacity(messages.len());
+        for m in messages {
+            let delivered = m.info().map(|i| i.delivered).unwrap_or(1);
+            if delivered > 1 {
+                self.metrics
+                    .messages
+                    .with_label_values(&["redelivered"])
+                    .inc();
+            }
+            match decode_valid(&m.payload) {
+                Ok(b) => {
+                    batches.push(b);
+                    good.push((m, delivered));
+                }
+                Err(e) => {
+                    self.metrics
+                        .messages
+                        .with_label_values(&["terminated"])
+                        .inc();
+                    tracing::warn!(subject = %m.subject, error = %e, status = "terminated", "Message can never be stored; terminated.");
+                    if let Err(e) = m.ack_with(AckKind::Term).await {
+                        tracing::warn!(error = %e, "Cannot terminate a message.");
+                    }
+                }
+            }
+        }
+        if batches.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        match self.write(&batches).await {
+            Ok((inserted, total)) => {
+                let elapsed = started.elapsed();
+                self.metrics.db_write_seconds.observe(elapsed.as_secs_f64());
+                self.metrics.batch_messages.observe(batches.len() as f64);
+                self.metrics.readings_written.inc_by(inserted);
+                self.metrics.readings_duplicate.inc_by(total - inserted);
+                let now = shared::now_ms();
+                for b in &batches {
+                    self.metrics
+                        .ingest_latency_seconds
+                        .observe((now - b.received_at_ms).max(0) as f64 / 1000.0);
+                }
+                tracing::debug!(
+                    rows = total,
+                    inserted,
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    "Batch stored."
+                );
+                self.touch_devices(&batches).await;
+                for (m, _) in &good {
+                    if let Err(e) = m.ack().await {
+                        tracing::warn!(error = %e, "Ack failed; the message will be redelivered and skipped as a duplicate.");
+                    }
+                }
+                self.metrics
+                    .messages
+                    .with_label_values(&["stored"])
+                    .inc_by(good.len() as u64);
+            }
+            Err(e) => {
+                self.metrics
+                    .messages
+                    .with_label_values(&["retried"])
+                    .inc_by(good.len() as u64);
+                tracing::warn!(error = %e, status = "retry", "Cannot store a batch; it will be redelivered.");
+                for (m, delivered) in &good {
+                    let _ = m.ack_with(AckKind::Nak(Some(backoff(*delivered)))).await;
+                }
+            }
+        }
+    }
+
+    /// Resolves series ids (cached; unknown ones created in one round trip) and inserts every
+    /// reading of every batch in one statement. Returns (new rows, rows sent).
+    async fn write(&self, batches: &[Batch]) -> sqlx::Result<(u64, u64)> {
+        let missing: Vec<(Uuid, String)> = {
+            let cache = self.series.lock().unwrap_or_else(|p| p.into_inner());
+            let mut missing: Vec<(Uuid, String)> = batches
+                .iter()
+                .flat_map(|b| {
+                    b.readings
+                        .iter()
+                        .map(move |r| (b.device_id, r.metric.clone()))
+                })
+                .filter(|k| !cache.contains_key(k))
+                .collect();
+            missing.sort_unstable();
+            missing.dedup();
+            missing
+        };
+        if !missing.is_empty() {
+            let found = storage::readings::ensure_series(&self.db, &missing).await?;
+            let mut cache = self.series.lock().unwrap_or_else(|p| p.into_inner());
+            for (device, metric, id) in found {
+                cache.insert((device, metric), id);
+            }
+        }
+        let total: usize = batches.iter().map(|b| b.readings.len()).sum();
+        let mut cols = Columns {
+            series: Vec::with_capacity(total),
+            ts: Vec::with_capacity(total),
+            value: Vec::with_capacity(total),
+        };
+        {
+            let cache = self.series.lock().unwrap_or_else(|p| p.into_inner());
+            for b in batches {
+                for r in &b.readings {
+                    let key = (b.device_id, r.metric.clone());
+                    let (Some(&id), Some(ts)) =
+                        (cache.get(&key), DateTime::from_timestamp_millis(r.ts_ms))
+                    else {
+                        return Err(sqlx::Error::Protocol(format!(
+                            "series for {} / {} was not created",
+                            b.device_id, r.metric
+                        )));
+                    };
+                    cols.series.push(id);
+                    cols.ts.push(ts);
+                    cols.value.push(r.value);
+                }
+            }
+        }
+        let inserted = storage::readings::insert(&self.db, &cols).await?;
+        Ok((inserted, total as u64))
+    }
+
+    async fn touch_devices(&self, batches: &[Batch]) {
+        let seen: Vec<(Uuid, DateTime<Utc>)> = batches
+            .iter()
+            .filter_map(|b| {
+                DateTime::from_timestamp_millis(b.received_at_ms).map(|t| (b.device_id, t))
+            })
+            .collect();
+        if let Err(e) = storage::devices::touch_last_seen(&self.db, seen).await {
+            tracing::debug!(error = %e, "Cannot update last_seen_at.");
+        }
+    }
+}
+
+/// Polls the consumer's pending counts into gauges, for dashboards and autoscaling.
+pub async fn poll_pending(consumer: PullConsumer, metrics: Metrics, cancel: CancellationToken) {
+    loop {
+        if let Ok(info) = consumer.get_info().await {
+            metrics.consumer_pending.set(info.num_pending as i64);
+            metrics
+                .consumer_ack_pending
+                .set(info.num_ack_pending as i64);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::wire::{Channel, Reading};
+
+    #[test]
+    fn non_finite_and_malformed_batches_are_poison() {
+        let mut batch = Batch {
+            device_id: Uuid::new_v4(),
+            channel: Channel::Http,
+            received_at_ms: 0,
+            readings: vec![Reading {
+                metric: "m".into(),
+                ts_ms: 1_700_000_000_000,
+                value: 1.0,
+            }],
+        };
+        assert!(decode_valid(&wire::encode(&batch)).is_ok());
+        batch.readings[0].value = f64::NAN;
+        assert!(matches!(
+            decode_valid(&wire::encode(&batch)),
+            Err(Poison::Invalid(_))
+        ));
+        batch.readings[0].value = 1.0;
+        batch.readings[0].metric = "bad metric".into();
+        assert!(matches!(
+            decode_valid(&wire::encode(&batch)),
+            Err(Poison::Invalid(_))
+        ));
+        assert!(matches!(
+            decode_valid(b"\x07garbage"),
+            Err(Poison::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_millis(250));
+        assert_eq!(backoff(2), Duration::from_millis(500));
+        assert!(backoff(100) <= Duration::from_secs(30));
+        assert_eq!(backoff(-3), Duration::from_millis(250));
+    }
+}

@@ -136,4 +136,14 @@ pub struct ConsumerArgs {
     /// Seconds before an unacknowledged message is redelivered; longer than the slowest write.
     #[arg(long, env = "PROCESSOR_ACK_WAIT_SECS", default_value_t = 60)]
     pub ack_wait_secs: u64,
+
+    /// Fault injection for the crash-recovery test only: after the first batch is committed,
+    /// hang before acknowledging it, so the test can SIGKILL the process at exactly that point.
+    #[arg(
+        long,
+        env = "PROCESSOR_FAULT_PAUSE_BEFORE_ACK",
+        hide = true,
+        default_value_t = false
+    )]
+    pub fault_pause_before_ack: bool,
 }

@@ -53,6 +53,7 @@ pub struct Writer {
     pub metrics: Metrics,
     pub series: SeriesCache,
     pub fetch_batch: usize,
+    pub fault_pause_before_ack: bool,
 }
 
 /// Why a message can never be stored.
@@ -193,6 +194,10 @@ impl Writer {
                     "Batch stored."
                 );
                 self.touch_devices(&batches).await;
+                if self.fault_pause_before_ack {
+                    tracing::warn!(module = "consumer", "Fault injection: paused before ack.");
+                    std::future::pending::<()>().await;
+                }
                 for (m, _) in &good {
                     if let Err(e) = m.ack().await {
                         tracing::warn!(error = %e, "Ack failed; the message will be redelivered and skipped as a duplicate.");

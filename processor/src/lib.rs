@@ -125,6 +125,7 @@ impl Application {
             metrics: state.metrics.clone(),
             series: Default::default(),
             fetch_batch: config.consumer.fetch_batch.max(1),
+            fault_pause_before_ack: config.consumer.fault_pause_before_ack,
         };
         let mut writers = Vec::new();
         for _ in 0..config.consumer.writers.max(1) {

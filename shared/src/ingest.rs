@@ -263,18 +263,17 @@ fn parse_ts(raw: Option<&RawValue>, now_ms: i64, limits: &Limits) -> Result<i64,
                     shorten(text)
                 )
             })?;
-            if ms < limits.horizon_ms {
-                if let Some(as_seconds) = ms.checked_mul(1000)
-                    && as_seconds >= limits.horizon_ms
-                    && as_seconds <= now_ms + limits.future_skew_ms
-                {
-                    return Err(format!(
-                        "ts {ms} is read as epoch milliseconds, which is {} in 1970, before the horizon {}; \
-                         it looks like epoch seconds: send milliseconds ({as_seconds})",
-                        rfc3339(ms),
-                        rfc3339(limits.horizon_ms)
-                    ));
-                }
+            if ms < limits.horizon_ms
+                && let Some(as_seconds) = ms.checked_mul(1000)
+                && as_seconds >= limits.horizon_ms
+                && as_seconds <= now_ms + limits.future_skew_ms
+            {
+                return Err(format!(
+                    "ts {ms} is read as epoch milliseconds, which is {} in 1970, before the horizon {}; \
+                     it looks like epoch seconds: send milliseconds ({as_seconds})",
+                    rfc3339(ms),
+                    rfc3339(limits.horizon_ms)
+                ));
             }
             ms
         }

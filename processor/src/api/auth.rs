@@ -52,16 +52,15 @@ pub struct ClientIp {
 impl KeyExtractor for ClientIp {
     type Key = IpAddr;
     fn extract<T>(&self, req: &axum::http::Request<T>) -> Result<IpAddr, GovernorError> {
-        if let Some(header) = &self.trusted_header {
-            if let Some(ip) = req
+        if let Some(header) = &self.trusted_header
+            && let Some(ip) = req
                 .headers()
                 .get(header.as_ref())
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.split(',').next())
                 .and_then(|v| v.trim().parse().ok())
-            {
-                return Ok(ip);
-            }
+        {
+            return Ok(ip);
         }
         req.extensions()
             .get::<ConnectInfo<SocketAddr>>()

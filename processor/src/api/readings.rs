@@ -87,12 +87,12 @@ async fn range(
     Query(p): Query<RangeParams>,
 ) -> Result<Json<Page>, ApiError> {
     let device_id = parse_device_id(p.device_id.as_deref())?;
-    if let Some(m) = &p.metric {
-        if !shared::ingest::valid_metric(m) {
-            return Err(ApiError::BadRequest(
-                "metric must be 1-128 characters of A-Z a-z 0-9 _ . : / -".into(),
-            ));
-        }
+    if let Some(m) = &p.metric
+        && !shared::ingest::valid_metric(m)
+    {
+        return Err(ApiError::BadRequest(
+            "metric must be 1-128 characters of A-Z a-z 0-9 _ . : / -".into(),
+        ));
     }
     let (mut from, mut to) = open_range();
     if let Some(f) = &p.from {

@@ -48,7 +48,8 @@ fn the_three_body_shapes_are_accepted() {
 
 #[test]
 fn whole_body_faults_are_errors_of_the_body() {
-    let cases: &[(&str, fn(&BodyError) -> bool)] = &[
+    type Check = fn(&BodyError) -> bool;
+    let cases: &[(&str, Check)] = &[
         ("", |e| matches!(e, BodyError::Empty)),
         ("   \n", |e| matches!(e, BodyError::Empty)),
         ("{", |e| matches!(e, BodyError::NotJson(_))),

@@ -1,0 +1,9 @@
+//! End-to-end tests: the real binaries against the real PostgreSQL and NATS. One test binary
+//! (linking is the slow part on small machines), a module per area.
+
+#![allow(clippy::unwrap_used)]
+
+mod ingest_http;
+mod pipeline;
+mod recovery;
+mod replay;

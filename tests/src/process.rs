@@ -115,6 +115,23 @@ impl Process {
         }
     }
 
+    /// Waits for a plain-text line containing `needle` (for programs that do not log JSON).
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.lines().into_iter().find(|l| l.contains(needle)) {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline && self.is_running(),
+                "{} did not print {needle:?}:\n{}",
+                self.name,
+                self.lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }

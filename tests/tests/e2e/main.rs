@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod compat;
 mod ingest_http;
 mod pipeline;
 mod recovery;

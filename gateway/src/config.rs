@@ -53,6 +53,21 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_INGEST_BURST", default_value_t = 400)]
     pub ingest_burst: u32,
 
+    /// Failed device authentications allowed per client IP and minute (HTTP and MQTT together);
+    /// past them the address gets 429 until its allowance recovers.
+    #[arg(long, env = "GATEWAY_AUTH_FAILURES_PER_MIN", default_value_t = 60)]
+    pub auth_failures_per_min: u32,
+
+    /// Failed authentications a client IP may make in a burst.
+    #[arg(long, env = "GATEWAY_AUTH_FAILURE_BURST", default_value_t = 20)]
+    pub auth_failure_burst: u32,
+
+    /// Header carrying the client IP when the gateway runs behind a trusted proxy (for example
+    /// `X-Forwarded-For`). Unset: the peer address is the client, and such headers are ignored,
+    /// since anyone can send them.
+    #[arg(long, env = "GATEWAY_TRUSTED_IP_HEADER")]
+    pub trusted_ip_header: Option<String>,
+
     #[command(flatten)]
     pub mqtt: MqttArgs,
 }

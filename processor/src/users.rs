@@ -183,3 +183,23 @@ pub async fn bootstrap_admin(
         Err(e) => Err(anyhow::anyhow!("cannot create the first admin: {e}")),
     }
 }
+
+/// Deletes a user, refusing to remove the last admin. The check and the delete share a
+/// transaction with the admins' rows locked, so two concurrent deletes cannot both pass.
+#[tracing::instrument(skip(pool), fields(module = "users", operation = "delete"))]
+pub async fn delete(pool: &PgPool, id: Uuid) -> Result<(), ApiError> {
+    let mut tx = pool.begin().await?;
+    let admins = storage::users::lock_admins(&mut *tx).await?;
+    let target = storage::users::by_id(&mut *tx, id)
+        .await?
+        .ok_or(ApiError::NotFound("user"))?;
+    if target.role == Role::Admin.as_str() && admins.len() <= 1 {
+        return Err(ApiError::Conflict(
+            "the last admin cannot be deleted".into(),
+        ));
+    }
+    storage::users::delete(&mut *tx, id).await?;
+    tx.commit().await?;
+    tracing::info!(user_id = %id, status = "deleted", "User deleted.");
+    Ok(())
+}

@@ -67,6 +67,9 @@ pub struct TestHub {
     pub http: reqwest::Client,
     pub db: sqlx::PgPool,
     started: usize,
+    /// Every secret this hub handed out or used (passwords, JWT secret, tokens, device keys):
+    /// on drop, the captured logs of its processes must contain none of them.
+    secrets: std::sync::Mutex<Vec<String>>,
 }
 
 /// A device as the API created it, with its key.
@@ -118,7 +121,10 @@ impl TestHub {
                 .connect_lazy(&database_url)
                 .expect("pool"),
             started: 0,
+            secrets: Default::default(),
         };
+        hub.remember_secret(&hub.admin_password.clone());
+        hub.remember_secret(&hub.jwt_secret.clone());
         for _ in 0..opts.processors {
             hub.start_processor().await;
         }
@@ -126,6 +132,25 @@ impl TestHub {
             hub.start_gateway().await;
         }
         hub
+    }
+
+    /// Adds a secret that must never appear in this hub's logs.
+    pub fn remember_secret(&self, secret: &str) {
+        self.secrets.lock().unwrap().push(secret.to_owned());
+    }
+
+    /// Secrets found in the captured logs, as (process, secret prefix) pairs.
+    pub fn leaked_secrets(&self) -> Vec<(String, String)> {
+        let secrets = self.secrets.lock().unwrap().clone();
+        let mut leaks = Vec::new();
+        for n in self.gateways.iter().chain(&self.processors) {
+            for line in n.process.lines() {
+                for s in secrets.iter().filter(|s| line.contains(s.as_str())) {
+                    leaks.push((n.process.name.clone(), s.chars().take(8).collect()));
+                }
+            }
+        }
+        leaks
     }
 
     fn common_env(&self) -> Vec<(String, String)> {
@@ -241,10 +266,12 @@ impl TestHub {
     pub async fn admin_token(&self) -> String {
         let r = self.login(ADMIN_USERNAME, &self.admin_password).await;
         assert_eq!(r.status(), 200, "admin login failed");
-        r.json::<Value>().await.expect("login json")["access_token"]
+        let token = r.json::<Value>().await.expect("login json")["access_token"]
             .as_str()
             .expect("access_token")
-            .to_owned()
+            .to_owned();
+        self.remember_secret(&token);
+        token
     }
 
     /// `METHOD path` on the processor API with a bearer token; returns (status, JSON body).
@@ -288,6 +315,7 @@ impl TestHub {
                 .expect("device id"),
             key: body["api_key"].as_str().expect("api_key").to_owned(),
         };
+        self.remember_secret(&device.key);
         self.wait_key_loaded(&device).await;
         device
     }
@@ -429,6 +457,7 @@ where
 
 impl Drop for TestHub {
     fn drop(&mut self) {
+        let leaks = self.leaked_secrets();
         for n in self.gateways.iter_mut().chain(self.processors.iter_mut()) {
             n.process.kill();
         }
@@ -466,5 +495,8 @@ impl Drop for TestHub {
             });
         })
         .join();
+        if !leaks.is_empty() && !std::thread::panicking() {
+            panic!("secrets found in the hub's logs (process, secret prefix): {leaks:?}");
+        }
     }
 }

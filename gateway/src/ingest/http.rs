@@ -5,11 +5,12 @@ use crate::error::GatewayError;
 use crate::ingest::IngestError;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::Serialize;
 use shared::ingest::Rejection;
 use shared::wire::Channel;
+use std::net::{IpAddr, SocketAddr};
 
 #[derive(Debug, Serialize)]
 pub struct IngestResponse {
@@ -51,12 +52,34 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
     })
 }
 
+/// The client's address: the peer, or the first address in the trusted proxy header.
+pub fn client_ip(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
+    state
+        .trusted_ip_header
+        .as_deref()
+        .and_then(|h| headers.get(h))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(peer.ip())
+}
+
 pub async fn post_ingest(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<IngestResponse>), GatewayError> {
     let received_at_ms = shared::now_ms();
+    let ip = client_ip(&state, &headers, peer);
+    if let Some(retry_after_secs) = state.auth_failures.blocked_for(ip) {
+        state
+            .metrics
+            .ingest_requests
+            .with_label_values(&["http", "rate_limited"])
+            .inc();
+        return Err(GatewayError::RateLimited { retry_after_secs });
+    }
     let device_id = match presented_key(&headers) {
         None => Err(crate::auth::AuthFailure::Missing),
         Some(key) => state.registry.authenticate(key),
@@ -67,19 +90,32 @@ pub async fn post_ingest(
             .device_auth_failures
             .with_label_values(&["http", reason.as_str()])
             .inc();
-        state
-            .metrics
-            .ingest_requests
-            .with_label_values(&["http", "unauthorised"])
-            .inc();
         tracing::info!(
             module = "ingest",
             operation = "authenticate",
             status = 401,
             reason = reason.as_str(),
+            client_ip = %ip,
             "Device key refused."
         );
-        GatewayError::Unauthorized
+        match state.auth_failures.record_failure(ip) {
+            Some(retry_after_secs) => {
+                state
+                    .metrics
+                    .ingest_requests
+                    .with_label_values(&["http", "rate_limited"])
+                    .inc();
+                GatewayError::RateLimited { retry_after_secs }
+            }
+            None => {
+                state
+                    .metrics
+                    .ingest_requests
+                    .with_label_values(&["http", "unauthorised"])
+                    .inc();
+                GatewayError::Unauthorized
+            }
+        }
     })?;
     let idempotency_key = idempotency_key(&headers)?;
     let limit = state.ingestor.limits.max_body_bytes;

@@ -73,3 +73,10 @@ pub async fn count(db: impl PgExecutor<'_>) -> sqlx::Result<i64> {
         .fetch_one(db)
         .await
 }
+
+/// Ids of every admin, locked until the end of the transaction.
+pub async fn lock_admins(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar("SELECT id FROM users WHERE role = 'admin' FOR UPDATE")
+        .fetch_all(db)
+        .await
+}

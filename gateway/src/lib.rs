@@ -36,6 +36,9 @@ pub struct AppState {
     pub ingestor: Ingestor,
     pub metrics: Metrics,
     pub nats: async_nats::Client,
+    pub auth_failures: Arc<auth::FailureLimiter>,
+    /// See `GatewayConfig::trusted_ip_header`.
+    pub trusted_ip_header: Option<Arc<str>>,
 }
 
 pub struct Application {
@@ -86,6 +89,11 @@ impl Application {
             metrics: metrics.clone(),
         };
         let state = AppState {
+            auth_failures: Arc::new(auth::FailureLimiter::new(
+                config.auth_failures_per_min,
+                config.auth_failure_burst,
+            )),
+            trusted_ip_header: config.trusted_ip_header.as_deref().map(Arc::from),
             registry,
             ingestor,
             metrics,

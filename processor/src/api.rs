@@ -1,10 +1,12 @@
 //! The HTTP API: one router per area, merged here, with every layer applied in one place.
 
+pub mod alerts;
 pub mod auth;
 pub mod devices;
 pub mod extract;
 pub mod health;
 pub mod readings;
+pub mod rules;
 
 use crate::AppState;
 use crate::config::ServeConfig;
@@ -20,6 +22,8 @@ pub fn router(state: AppState, config: &ServeConfig) -> Router {
         .merge(auth::router(config))
         .merge(devices::router())
         .merge(readings::router())
+        .merge(rules::router())
+        .merge(alerts::router())
         .merge(health::router())
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

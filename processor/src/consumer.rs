@@ -51,6 +51,8 @@ pub type SeriesCache = Arc<Mutex<HashMap<(Uuid, String), i32>>>;
 pub struct Writer {
     pub db: PgPool,
     pub metrics: Metrics,
+    /// Runs after each commit and before the acks (see [`Writer::handle`]).
+    pub alerts: crate::alerts::Engine,
     pub series: SeriesCache,
     pub fetch_batch: usize,
     pub fault_pause_before_ack: bool,
@@ -194,6 +196,10 @@ impl Writer {
                     "Batch stored."
                 );
                 self.touch_devices(&batches).await;
+                // After the commit, before the acks: a crash in between redelivers the batch,
+                // and re-evaluating it is a no-op (every rule's watermark already covers it).
+                // It cannot fail the batch: failures are logged and counted inside.
+                self.alerts.evaluate(&batches).await;
                 if self.fault_pause_before_ack {
                     tracing::warn!(module = "consumer", "Fault injection: paused before ack.");
                     std::future::pending::<()>().await;

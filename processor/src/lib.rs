@@ -5,11 +5,14 @@
 //! - [`consumer`]: the pull consumer and the batched write path (ack only after commit).
 //! - [`storage`]: every SQL statement, migrations.
 //! - [`devices`]: device lifecycle and the KV mirror of device keys.
+//! - [`rules`]: rule definitions, the pure `evaluate`, the per-copy rule cache, rule management.
+//! - [`alerts`]: the rules engine run after each committed batch, and the alert lifecycle.
 //! - [`users`], [`auth`]: API users, argon2id, JWT, role extractors.
 //! - [`api`]: routers and thin handlers.
 //! - [`observability`]: metric families.
 //! - [`error`]: the one error type and JSON error shape.
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod config;
@@ -17,6 +20,7 @@ pub mod consumer;
 pub mod devices;
 pub mod error;
 pub mod observability;
+pub mod rules;
 pub mod storage;
 pub mod users;
 
@@ -39,6 +43,7 @@ pub struct AppState {
     pub metrics: Metrics,
     pub tokens: auth::Tokens,
     pub devices: devices::Devices,
+    pub rules: rules::Rules,
 }
 
 pub struct Application {
@@ -47,6 +52,7 @@ pub struct Application {
     state: AppState,
     config: ServeConfig,
     cancel: CancellationToken,
+    rule_announcements: async_nats::Subscriber,
 }
 
 impl Application {
@@ -81,6 +87,17 @@ impl Application {
             .await
             .context("cannot reconcile the key bucket")?;
         let consumer = consumer::ensure_consumer(&js, &names, &config.consumer).await?;
+        // Subscribe before the first load, so that no change committed after the load is missed.
+        let rule_announcements = nats
+            .subscribe(names.rules_changed_subject())
+            .await
+            .context("cannot subscribe to rule announcements")?;
+        let rule_cache = rules::RuleCache::default();
+        rule_cache
+            .reload(&db, rules::cache::Trigger::Start)
+            .await
+            .context("cannot load the rules")?;
+        let metrics = Metrics::new();
 
         let http = TcpListener::bind(config.http_addr)
             .await
@@ -91,10 +108,17 @@ impl Application {
                 db: db.clone(),
                 bucket,
             },
+            rules: rules::Rules {
+                db: db.clone(),
+                cache: rule_cache,
+                nats: nats.clone(),
+                subject: names.rules_changed_subject(),
+                metrics: metrics.clone(),
+            },
             db,
             nats,
             consumer,
-            metrics: Metrics::new(),
+            metrics,
             tokens,
         };
         Ok(Self {
@@ -103,6 +127,7 @@ impl Application {
             state,
             config,
             cancel,
+            rule_announcements,
         })
     }
 
@@ -119,10 +144,16 @@ impl Application {
             state,
             config,
             cancel,
+            rule_announcements,
         } = self;
         let writer = consumer::Writer {
             db: state.db.clone(),
             metrics: state.metrics.clone(),
+            alerts: alerts::Engine {
+                db: state.db.clone(),
+                metrics: state.metrics.clone(),
+                rules: state.rules.cache.clone(),
+            },
             series: Default::default(),
             fetch_batch: config.consumer.fetch_batch.max(1),
             fault_pause_before_ack: config.consumer.fault_pause_before_ack,
@@ -141,6 +172,12 @@ impl Application {
             )),
             tokio::spawn(reconcile_periodically(
                 state.devices.clone(),
+                cancel.clone(),
+            )),
+            tokio::spawn(rules::cache::watch(
+                state.rules.cache.clone(),
+                state.db.clone(),
+                rule_announcements,
                 cancel.clone(),
             )),
         ];

@@ -3,8 +3,10 @@
 //! covered by the end-to-end tests: compile-time macros would need a live database or a
 //! committed `.sqlx/` cache in every build, which the Docker build and fresh machines lack.
 
+pub mod alerts;
 pub mod devices;
 pub mod readings;
+pub mod rules;
 pub mod users;
 
 use crate::config::DatabaseArgs;

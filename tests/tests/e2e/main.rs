@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 mod compat;
+mod docs;
 mod ingest_http;
 mod pipeline;
 mod recovery;
 mod replay;
+mod security;

@@ -6,6 +6,7 @@ pub mod devices;
 pub mod extract;
 pub mod health;
 pub mod readings;
+pub mod users;
 pub mod rules;
 
 use crate::AppState;
@@ -25,6 +26,7 @@ pub fn router(state: AppState, config: &ServeConfig) -> Router {
         .merge(rules::router())
         .merge(alerts::router())
         .merge(health::router())
+        .merge(users::router())
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Outermost, so every answer (rate-limited, refused, not found) is counted and logged.

@@ -6,7 +6,8 @@
 //!
 //! - [`config`]: flags and environment.
 //! - [`auth`]: the device-key registry fed by the KV bucket.
-//! - [`ingest`]: the one ingest path, its HTTP and MQTT faces, and the JetStream publisher.
+//! - [`ingest`]: the one ingest path, its HTTP and MQTT faces, and the JetStream publisher
+//!   ([`ingest::mqtt`] is the receive-only MQTT 3.1.1 endpoint; see `docs/mqtt.md`).
 //! - [`routes`]: the HTTP router, health, readiness and metrics.
 //! - [`observability`]: metric families.
 //! - [`error`]: the one error type and JSON error shape.
@@ -21,6 +22,7 @@ pub mod routes;
 use anyhow::Context as _;
 use config::GatewayConfig;
 use ingest::Ingestor;
+use ingest::mqtt::{MqttServer, MqttSettings, MqttStatus};
 use ingest::publish::Publisher;
 use observability::Metrics;
 use std::net::SocketAddr;
@@ -36,6 +38,8 @@ pub struct AppState {
     pub ingestor: Ingestor,
     pub metrics: Metrics,
     pub nats: async_nats::Client,
+    /// Whether the MQTT listener accepts connections (part of `/readyz`).
+    pub mqtt: Arc<MqttStatus>,
     pub auth_failures: Arc<auth::FailureLimiter>,
     /// See `GatewayConfig::trusted_ip_header`.
     pub trusted_ip_header: Option<Arc<str>>,
@@ -44,6 +48,8 @@ pub struct AppState {
 pub struct Application {
     http: TcpListener,
     http_addr: SocketAddr,
+    mqtt: MqttServer,
+    mqtt_addr: SocketAddr,
     state: AppState,
     config: GatewayConfig,
     cancel: CancellationToken,
@@ -52,7 +58,8 @@ pub struct Application {
 
 impl Application {
     /// Connects to NATS, makes sure the stream and key bucket exist, starts following the key
-    /// bucket and binds the listeners (port 0 allowed; see [`http_addr`](Self::http_addr)).
+    /// bucket and binds the listeners (port 0 allowed; see [`http_addr`](Self::http_addr) and
+    /// [`mqtt_addr`](Self::mqtt_addr)).
     pub async fn build(config: GatewayConfig, cancel: CancellationToken) -> anyhow::Result<Self> {
         let names = config.nats.names()?;
         let metrics = Metrics::new();
@@ -82,12 +89,23 @@ impl Application {
             .await
             .with_context(|| format!("cannot bind the HTTP listener on {}", config.http_addr))?;
         let http_addr = http.local_addr()?;
+        let mqtt_listener = TcpListener::bind(config.mqtt_addr)
+            .await
+            .with_context(|| format!("cannot bind the MQTT listener on {}", config.mqtt_addr))?;
         let ingestor = Ingestor {
             limits: config.limits.limits(),
             names,
             publisher,
             metrics: metrics.clone(),
         };
+        let mqtt = MqttServer::new(
+            mqtt_listener,
+            ingestor.clone(),
+            registry.clone(),
+            metrics.clone(),
+            MqttSettings::from_config(&config),
+        );
+        let mqtt_addr = mqtt.local_addr()?;
         let state = AppState {
             auth_failures: Arc::new(auth::FailureLimiter::new(
                 config.auth_failures_per_min,
@@ -98,10 +116,13 @@ impl Application {
             ingestor,
             metrics,
             nats,
+            mqtt: mqtt.status(),
         };
         Ok(Self {
             http,
             http_addr,
+            mqtt,
+            mqtt_addr,
             state,
             config,
             cancel,
@@ -113,25 +134,34 @@ impl Application {
         self.http_addr
     }
 
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.mqtt_addr
+    }
+
     pub fn state(&self) -> &AppState {
         &self.state
     }
 
-    /// Serves until the cancellation token fires, then stops accepting, lets in-flight requests
-    /// finish (each awaits its JetStream ack) and flushes the NATS connection.
+    /// Serves until the cancellation token fires, then stops accepting on both listeners, lets
+    /// in-flight HTTP requests and MQTT publishes finish (each awaits its JetStream ack; MQTT
+    /// connections then close) and flushes the NATS connection.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Self {
             http,
             http_addr,
+            mqtt,
+            mqtt_addr,
             state,
             config,
             cancel,
             tasks,
         } = self;
+        let mqtt = tokio::spawn(mqtt.run(cancel.clone()));
         tracing::info!(
             module = "startup",
             operation = "listen",
             http_addr = %http_addr,
+            mqtt_addr = %mqtt_addr,
             namespace = state.ingestor.names.namespace(),
             "Gateway listening."
         );
@@ -143,6 +173,9 @@ impl Application {
         .with_graceful_shutdown(cancel.clone().cancelled_owned());
         let result = server.await.context("HTTP server failed");
         cancel.cancel();
+        if let Err(e) = mqtt.await {
+            tracing::error!(error = %e, "The MQTT endpoint task failed.");
+        }
         for task in tasks {
             let _ = task.await;
         }

@@ -3,6 +3,8 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -94,6 +96,46 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// Every code [`ApiError::code`] can return, for the OpenAPI document.
+pub const CODES: [&str; 11] = [
+    "bad_request",
+    "validation_failed",
+    "unauthorized",
+    "invalid_credentials",
+    "forbidden",
+    "not_found",
+    "conflict",
+    "rate_limited",
+    "unavailable",
+    "method_not_allowed",
+    "internal",
+];
+
+/// The one error shape, `{"error":{"code","message"}}`, as a type: answers are serialised from
+/// it and the OpenAPI document describes it, so the two cannot disagree.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable: clients branch on this, never on `message`.
+    #[schema(schema_with = code_schema)]
+    pub code: String,
+    /// For people; its wording may change.
+    pub message: String,
+}
+
+fn code_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(CODES))
+        .build()
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
@@ -103,8 +145,12 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        let body =
-            serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.to_string(),
+            },
+        };
         let mut response = (self.status(), Json(body)).into_response();
         let retry = match &self {
             ApiError::RateLimited { retry_after_secs } => Some((*retry_after_secs).max(1)),
@@ -117,5 +163,37 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variant's code is one the OpenAPI document lists.
+    #[test]
+    fn every_code_is_in_the_documented_list() {
+        let all = [
+            ApiError::BadRequest(String::new()),
+            ApiError::Validation(String::new()),
+            ApiError::Unauthorized,
+            ApiError::BadCredentials,
+            ApiError::Forbidden,
+            ApiError::NotFound("x"),
+            ApiError::Conflict(String::new()),
+            ApiError::RateLimited {
+                retry_after_secs: 1,
+            },
+            ApiError::Unavailable(String::new()),
+            ApiError::NoRoute,
+            ApiError::MethodNotAllowed,
+            ApiError::Internal(anyhow::anyhow!("x")),
+        ];
+        for e in &all {
+            assert!(CODES.contains(&e.code()), "{} is not in CODES", e.code());
+        }
+        for c in CODES {
+            assert!(all.iter().any(|e| e.code() == c), "{c} is never returned");
+        }
     }
 }

@@ -188,7 +188,7 @@ impl Application {
             writers = writers.len(),
             "Processor listening."
         );
-        let router = api::router(state.clone(), &config);
+        let router = api::router(state.clone(), &config)?;
         let stop_api = {
             let cancel = cancel.clone();
             async move {

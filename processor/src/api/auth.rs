@@ -3,11 +3,9 @@
 use crate::AppState;
 use crate::api::extract::Json;
 use crate::config::ServeConfig;
-use crate::error::ApiError;
-use axum::Router;
+use crate::error::{ApiError, ErrorBody};
 use axum::extract::{ConnectInfo, State};
 use axum::response::IntoResponse;
-use axum::routing::post;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -15,21 +13,48 @@ use tower_governor::GovernorLayer;
 use tower_governor::errors::GovernorError;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct LoginRequest {
     pub username: String,
+    #[schema(format = Password)]
     pub password: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct LoginResponse {
+    /// An HS256 JWT; send it as `Authorization: Bearer <access_token>`.
     pub access_token: String,
+    /// Always `Bearer`.
+    #[schema(value_type = String, example = "Bearer")]
     pub token_type: &'static str,
+    /// Seconds until the token expires.
     pub expires_in: u64,
     pub role: crate::users::Role,
 }
 
+/// Exchanges a username and password for an access token. Rate-limited per client address.
+#[utoipa::path(
+    post,
+    path = "/auth/login",
+    operation_id = "login",
+    tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in", body = LoginResponse),
+        (status = 400, description = "The body is not JSON", body = ErrorBody),
+        (status = 401, description = "Wrong username or password (the same answer for both)", body = ErrorBody),
+        (status = 422, description = "A missing or invalid field", body = ErrorBody),
+        (status = 429, description = "Too many attempts from this address; retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "Internal error (details only in the server log)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 async fn login(
     State(state): State<AppState>,
     Json(req): Json<LoginRequest>,
@@ -69,7 +94,7 @@ impl KeyExtractor for ClientIp {
     }
 }
 
-pub fn router(config: &ServeConfig) -> Router<AppState> {
+pub fn router(config: &ServeConfig) -> OpenApiRouter<AppState> {
     let per_request_ms = 60_000u64 / u64::from(config.login_rate_per_min.max(1));
     let governor = GovernorConfigBuilder::default()
         .per_millisecond(per_request_ms.max(1))
@@ -78,7 +103,7 @@ pub fn router(config: &ServeConfig) -> Router<AppState> {
             trusted_header: config.trusted_ip_header.as_deref().map(Arc::from),
         })
         .finish();
-    let routes = Router::new().route("/auth/login", post(login));
+    let routes = OpenApiRouter::new().routes(routes!(login));
     match governor {
         Some(g) => routes.layer(GovernorLayer::new(Arc::new(g)).error_handler(governor_error)),
         None => routes,

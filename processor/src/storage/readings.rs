@@ -1,6 +1,13 @@
-//! Statements of `series` and `readings`: the batched write path and the range query.
+//! Statements of `series` and `readings`: the batched write path and the queries of the API.
+//!
+//! Every query is bounded by one device (usually one metric), so it starts from the few rows of
+//! `series` and reads `readings` only through the `(series_id, ts)` index, in index order, with
+//! a `LIMIT` where the answer allows one. The statements are `pub` so that the query-plan test
+//! (`processor/tests/storage`) explains exactly the SQL the API runs; docs/queries.md has the
+//! plans they get.
 
 use chrono::{DateTime, Utc};
+use sqlx::postgres::types::PgInterval;
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
@@ -66,44 +73,334 @@ pub struct ReadingRow {
     pub value: f64,
 }
 
-/// A page of one device's readings in `[from, to)`, ordered by `(ts, series_id)` and starting
-/// after the keyset cursor, so pages stay exact while new rows arrive.
+/// Where a page starts: the readings strictly after `(ts, series_id)` in the page's order. A
+/// page without a cursor starts at the range's edge with `series_id` 0 (identity values start at
+/// 1), which the same statement treats as "include `ts` itself".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keyset {
+    pub ts: DateTime<Utc>,
+    /// Wider than the column, so that any cursor a client sends can be compared, not only ids
+    /// that exist.
+    pub series_id: i64,
+}
+
+/// A page of one device's readings in `[from, to)`, ordered by `(ts, series_id)` (or the
+/// reverse) and starting after `after`, so that pages stay exact while new rows arrive: a row
+/// is either before the cursor (already seen) or after it (still to come), never both.
 pub struct RangeQuery<'a> {
     pub device_id: Uuid,
     pub metric: Option<&'a str>,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
-    pub after: Option<(DateTime<Utc>, i32)>,
+    pub after: Option<Keyset>,
     pub descending: bool,
     pub limit: i64,
 }
 
+// The range statements. Each series of the device contributes at most `limit` rows, read from
+// the `(series_id, ts)` index in order from the page's edge (the LATERAL subquery), and the
+// outer query merges them: so a page costs O(series x limit) index entries however deep it is
+// and however much data the range holds. `$2`/`$3` are the bounds after the cursor is folded in
+// (see `range`); the `OR` only decides the one timestamp equal to the cursor's.
+macro_rules! range_sql {
+    (asc, $metric:literal) => {
+        concat!(
+            "SELECT s.series_id, s.metric_name, r.ts, r.value
+             FROM series s
+             CROSS JOIN LATERAL (
+                 SELECT ts, value FROM readings
+                 WHERE series_id = s.series_id AND ts >= $2 AND ts < $3
+                   AND (ts > $2 OR s.series_id > $4)
+                 ORDER BY ts
+                 LIMIT $5
+             ) r
+             WHERE s.device_id = $1",
+            $metric,
+            "
+             ORDER BY r.ts, s.series_id
+             LIMIT $5"
+        )
+    };
+    (desc, $metric:literal) => {
+        concat!(
+            "SELECT s.series_id, s.metric_name, r.ts, r.value
+             FROM series s
+             CROSS JOIN LATERAL (
+                 SELECT ts, value FROM readings
+                 WHERE series_id = s.series_id AND ts >= $2 AND ts <= $3
+                   AND (ts < $3 OR s.series_id < $4)
+                 ORDER BY ts DESC
+                 LIMIT $5
+             ) r
+             WHERE s.device_id = $1",
+            $metric,
+            "
+             ORDER BY r.ts DESC, s.series_id DESC
+             LIMIT $5"
+        )
+    };
+}
+
+/// Ascending, every metric of the device. `$1` device, `$2` lower bound, `$3` upper bound
+/// (exclusive), `$4` series id of the cursor (0 without one), `$5` limit.
+pub const RANGE_ASC_SQL: &str = range_sql!(asc, "");
+/// Ascending, one metric (`$6`).
+pub const RANGE_ASC_METRIC_SQL: &str = range_sql!(asc, " AND s.metric_name = $6");
+/// Descending, every metric: `$3` is an inclusive upper bound whose own timestamp only counts
+/// for series ids below `$4`.
+pub const RANGE_DESC_SQL: &str = range_sql!(desc, "");
+/// Descending, one metric (`$6`).
+pub const RANGE_DESC_METRIC_SQL: &str = range_sql!(desc, " AND s.metric_name = $6");
+
+/// The SQL a range query runs and the bounds it binds (`$2`, `$3`, `$4`): the cursor is folded
+/// into the range's edge here, so that the statement has one lower and one upper bound on `ts`
+/// for the index whatever the page. A cursor outside the range is ignored (the range's edge is
+/// then the tighter bound).
+pub fn range_plan(q: &RangeQuery<'_>) -> (&'static str, DateTime<Utc>, DateTime<Utc>, i64) {
+    let sql = match (q.descending, q.metric.is_some()) {
+        (false, false) => RANGE_ASC_SQL,
+        (false, true) => RANGE_ASC_METRIC_SQL,
+        (true, false) => RANGE_DESC_SQL,
+        (true, true) => RANGE_DESC_METRIC_SQL,
+    };
+    if q.descending {
+        match q.after {
+            Some(k) if k.ts < q.to => (sql, q.from, k.ts, k.series_id),
+            _ => (sql, q.from, q.to, 0),
+        }
+    } else {
+        match q.after {
+            Some(k) if k.ts >= q.from => (sql, k.ts, q.to, k.series_id),
+            _ => (sql, q.from, q.to, 0),
+        }
+    }
+}
+
 #[tracing::instrument(skip_all, fields(module = "storage", operation = "readings_range", device_id = %q.device_id))]
 pub async fn range(db: impl PgExecutor<'_>, q: &RangeQuery<'_>) -> sqlx::Result<Vec<ReadingRow>> {
-    let (after_ts, after_series) = q.after.unzip();
-    let sql = if q.descending {
-        "SELECT r.series_id, s.metric_name, r.ts, r.value
-         FROM series s JOIN readings r ON r.series_id = s.series_id
-         WHERE s.device_id = $1 AND ($2::text IS NULL OR s.metric_name = $2)
-           AND r.ts >= $3 AND r.ts < $4
-           AND ($5::timestamptz IS NULL OR (r.ts, r.series_id) < ($5, $6))
-         ORDER BY r.ts DESC, r.series_id DESC LIMIT $7"
-    } else {
-        "SELECT r.series_id, s.metric_name, r.ts, r.value
-         FROM series s JOIN readings r ON r.series_id = s.series_id
-         WHERE s.device_id = $1 AND ($2::text IS NULL OR s.metric_name = $2)
-           AND r.ts >= $3 AND r.ts < $4
-           AND ($5::timestamptz IS NULL OR (r.ts, r.series_id) > ($5, $6))
-         ORDER BY r.ts, r.series_id LIMIT $7"
-    };
-    sqlx::query_as(sql)
+    let (sql, lower, upper, edge_series) = range_plan(q);
+    let query = sqlx::query_as(sql)
         .bind(q.device_id)
-        .bind(q.metric)
-        .bind(q.from)
-        .bind(q.to)
-        .bind(after_ts)
-        .bind(after_series)
-        .bind(q.limit)
+        .bind(lower)
+        .bind(upper)
+        .bind(edge_series)
+        .bind(q.limit);
+    match q.metric {
+        Some(m) => query.bind(m),
+        None => query,
+    }
+    .fetch_all(db)
+    .await
+}
+
+/// The one series of a device's metric, if it has ever sent it.
+pub const SERIES_ID_SQL: &str =
+    "SELECT series_id FROM series WHERE device_id = $1 AND metric_name = $2";
+
+#[tracing::instrument(skip_all, fields(module = "storage", operation = "series_id", device_id = %device_id))]
+pub async fn series_id(
+    db: impl PgExecutor<'_>,
+    device_id: Uuid,
+    metric: &str,
+) -> sqlx::Result<Option<i32>> {
+    sqlx::query_scalar(SERIES_ID_SQL)
+        .bind(device_id)
+        .bind(metric)
+        .fetch_optional(db)
+        .await
+}
+
+/// The aggregate functions of `GET /readings/aggregate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregate {
+    Avg,
+    Min,
+    Max,
+    Sum,
+    Count,
+    First,
+    Last,
+}
+
+impl Aggregate {
+    pub const ALL: [Aggregate; 7] = [
+        Aggregate::Avg,
+        Aggregate::Min,
+        Aggregate::Max,
+        Aggregate::Sum,
+        Aggregate::Count,
+        Aggregate::First,
+        Aggregate::Last,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Aggregate::Avg => "avg",
+            Aggregate::Min => "min",
+            Aggregate::Max => "max",
+            Aggregate::Sum => "sum",
+            Aggregate::Count => "count",
+            Aggregate::First => "first",
+            Aggregate::Last => "last",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Aggregate> {
+        Aggregate::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// The statement computing this aggregate; see [`aggregate`] for its parameters.
+    pub fn sql(self) -> &'static str {
+        match self {
+            Aggregate::Avg => AGG_AVG_SQL,
+            Aggregate::Min => AGG_MIN_SQL,
+            Aggregate::Max => AGG_MAX_SQL,
+            Aggregate::Sum => AGG_SUM_SQL,
+            Aggregate::Count => AGG_COUNT_SQL,
+            Aggregate::First => AGG_FIRST_SQL,
+            Aggregate::Last => AGG_LAST_SQL,
+        }
+    }
+}
+
+// Buckets are `date_bin(stride, ts, epoch)`: aligned to 1970-01-01T00:00:00Z whatever the
+// range, and the same function on TimescaleDB and plain PostgreSQL 14+.
+macro_rules! bucket_sql {
+    ($value:literal) => {
+        concat!(
+            "SELECT date_bin($2::interval, ts, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS bucket,
+                    ",
+            $value,
+            " AS value, count(*) AS count
+             FROM readings
+             WHERE series_id = $1 AND ts >= $3 AND ts < $4
+             GROUP BY bucket
+             ORDER BY bucket"
+        )
+    };
+    // first/last: the bucket's earliest (latest) timestamp, then that one row by the unique
+    // `(series_id, ts)` key, so the value is the one with that timestamp, not whichever row an
+    // aggregate happened to see first. The range is repeated on the join so that, whichever
+    // join the planner picks, it never reads the series outside the range.
+    (pick $edge:literal) => {
+        concat!(
+            "SELECT b.bucket, r.value, b.count
+             FROM (
+                 SELECT date_bin($2::interval, ts, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS bucket,
+                        count(*) AS count, ",
+            $edge,
+            "(ts) AS pick
+                 FROM readings
+                 WHERE series_id = $1 AND ts >= $3 AND ts < $4
+                 GROUP BY bucket
+             ) b
+             JOIN readings r ON r.series_id = $1 AND r.ts = b.pick AND r.ts >= $3 AND r.ts < $4
+             ORDER BY b.bucket"
+        )
+    };
+}
+
+/// `sum / count` rather than `avg(value)`: the same value (PostgreSQL's float `avg` is its sum
+/// over its count), without the sum of squares `avg` also accumulates, which overflows for
+/// values of magnitude above about 1e154 that are finite and valid readings.
+pub const AGG_AVG_SQL: &str = bucket_sql!("sum(value) / count(*)");
+pub const AGG_MIN_SQL: &str = bucket_sql!("min(value)");
+pub const AGG_MAX_SQL: &str = bucket_sql!("max(value)");
+pub const AGG_SUM_SQL: &str = bucket_sql!("sum(value)");
+pub const AGG_COUNT_SQL: &str = bucket_sql!("count(*)::float8");
+pub const AGG_FIRST_SQL: &str = bucket_sql!(pick "min");
+pub const AGG_LAST_SQL: &str = bucket_sql!(pick "max");
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BucketRow {
+    pub bucket: DateTime<Utc>,
+    pub value: f64,
+    pub count: i64,
+}
+
+/// The SQLSTATE PostgreSQL raises when a float sum leaves the range of a double.
+pub const OUT_OF_RANGE: &str = "22003";
+
+/// One series' buckets in `[from, to)` that hold at least one reading, in time order. `stride`
+/// is the bucket width; `$1` series, `$2` stride, `$3` from, `$4` to. A sum (or average) whose
+/// sum leaves the range of a double fails with SQLSTATE [`OUT_OF_RANGE`].
+#[tracing::instrument(skip_all, fields(module = "storage", operation = "readings_aggregate", series_id, function = f.as_str()))]
+pub async fn aggregate(
+    db: impl PgExecutor<'_>,
+    series_id: i32,
+    f: Aggregate,
+    stride: PgInterval,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> sqlx::Result<Vec<BucketRow>> {
+    sqlx::query_as(f.sql())
+        .bind(series_id)
+        .bind(stride)
+        .bind(from)
+        .bind(to)
+        .fetch_all(db)
+        .await
+}
+
+/// Whether the hub knows the device: it exists, or it existed and sent readings (a deleted
+/// device's readings are kept and stay queryable).
+pub const DEVICE_KNOWN_SQL: &str = "SELECT EXISTS (SELECT 1 FROM devices WHERE id = $1)
+            OR EXISTS (SELECT 1 FROM series WHERE device_id = $1)";
+
+#[tracing::instrument(skip_all, fields(module = "storage", operation = "device_known", device_id = %device_id))]
+pub async fn device_known(db: impl PgExecutor<'_>, device_id: Uuid) -> sqlx::Result<bool> {
+    sqlx::query_scalar(DEVICE_KNOWN_SQL)
+        .bind(device_id)
+        .fetch_one(db)
+        .await
+}
+
+/// Per metric of the device, the reading with the greatest timestamp (not the one stored
+/// last): one backward step on the `(series_id, ts)` index per series.
+pub const LATEST_SQL: &str = "SELECT s.series_id, s.metric_name, r.ts, r.value
+     FROM series s
+     CROSS JOIN LATERAL (
+         SELECT ts, value FROM readings
+         WHERE series_id = s.series_id
+         ORDER BY ts DESC
+         LIMIT 1
+     ) r
+     WHERE s.device_id = $1
+     ORDER BY s.metric_name";
+
+#[tracing::instrument(skip_all, fields(module = "storage", operation = "readings_latest", device_id = %device_id))]
+pub async fn latest(db: impl PgExecutor<'_>, device_id: Uuid) -> sqlx::Result<Vec<ReadingRow>> {
+    sqlx::query_as(LATEST_SQL)
+        .bind(device_id)
+        .fetch_all(db)
+        .await
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MetricRow {
+    pub metric_name: String,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+}
+
+/// The metrics a device has readings of, with the timestamps of their first and last reading:
+/// one step at each end of the `(series_id, ts)` index per series. A series with no reading
+/// (its write failed after it was created) is left out.
+pub const METRICS_SQL: &str = "SELECT s.metric_name, f.ts AS first_seen, l.ts AS last_seen
+     FROM series s
+     CROSS JOIN LATERAL (
+         SELECT ts FROM readings WHERE series_id = s.series_id ORDER BY ts LIMIT 1
+     ) f
+     CROSS JOIN LATERAL (
+         SELECT ts FROM readings WHERE series_id = s.series_id ORDER BY ts DESC LIMIT 1
+     ) l
+     WHERE s.device_id = $1
+     ORDER BY s.metric_name";
+
+#[tracing::instrument(skip_all, fields(module = "storage", operation = "readings_metrics", device_id = %device_id))]
+pub async fn metrics(db: impl PgExecutor<'_>, device_id: Uuid) -> sqlx::Result<Vec<MetricRow>> {
+    sqlx::query_as(METRICS_SQL)
+        .bind(device_id)
         .fetch_all(db)
         .await
 }

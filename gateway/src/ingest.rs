@@ -5,10 +5,9 @@
 //! JetStream has stored the batch.
 
 pub mod http;
-pub mod mqtt;
 pub mod publish;
 
-use crate::observability::Metrics;
+use crate::observability::{BatchIngested, Metrics};
 use publish::{PublishError, Publisher};
 use shared::ingest::{BodyError, Limits, Rejection};
 use shared::names::Names;
@@ -47,7 +46,7 @@ impl Ingestor {
     /// Validates `body` from an authenticated device and publishes its valid readings as one
     /// message. `idempotency_key` becomes the JetStream message id (scoped to the device), so a
     /// retried batch is stored once.
-    #[tracing::instrument(name = "ingest", skip_all, fields(module = "ingest", %device_id, channel = channel.as_str()))]
+    #[tracing::instrument(name = "ingest", skip_all, fields(module = "ingest", operation = "ingest", %device_id, channel = channel.as_str()))]
     pub async fn ingest(
         &self,
         device_id: Uuid,
@@ -59,39 +58,22 @@ impl Ingestor {
         let result = self
             .ingest_inner(device_id, channel, body, received_at_ms, idempotency_key)
             .await;
-        let ch = channel.as_str();
-        let outcome = match &result {
-            Ok(a) => {
-                self.metrics
-                    .ingest_readings
-                    .with_label_values(&[ch, "accepted"])
-                    .inc_by(a.accepted as u64);
-                self.metrics
-                    .ingest_readings
-                    .with_label_values(&[ch, "rejected"])
-                    .inc_by(a.rejected.len() as u64);
-                tracing::debug!(
-                    accepted = a.accepted,
-                    rejected = a.rejected.len(),
-                    duplicate = a.duplicate,
-                    "Batch accepted."
-                );
-                "accepted"
-            }
-            Err(IngestError::NoValidReadings(r)) => {
-                self.metrics
-                    .ingest_readings
-                    .with_label_values(&[ch, "rejected"])
-                    .inc_by(r.len() as u64);
-                "rejected"
-            }
-            Err(IngestError::Body(_) | IngestError::NoReadings) => "rejected",
-            Err(IngestError::Unavailable(_)) => "unavailable",
+        let (outcome, accepted, rejected, duplicate) = match &result {
+            Ok(a) => ("accepted", a.accepted, a.rejected.len(), a.duplicate),
+            Err(IngestError::NoValidReadings(r)) => ("rejected", 0, r.len(), false),
+            Err(IngestError::Body(_) | IngestError::NoReadings) => ("rejected", 0, 0, false),
+            // The valid readings of a batch JetStream did not take are neither stored nor
+            // refused: the device is told to retry, and counts them when it does.
+            Err(IngestError::Unavailable(_)) => ("unavailable", 0, 0, false),
         };
-        self.metrics
-            .ingest_requests
-            .with_label_values(&[ch, outcome])
-            .inc();
+        BatchIngested {
+            channel,
+            outcome,
+            accepted,
+            rejected,
+            duplicate,
+        }
+        .emit(&self.metrics);
         result
     }
 

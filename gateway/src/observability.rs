@@ -1,9 +1,29 @@
-//! Every metric the gateway exports, by name, in one place; handlers record through these
-//! fields rather than ad-hoc metric strings.
+//! Every metric the gateway exports, by name, in one place, and the events that are both logged
+//! and counted (so that the log line and the metric cannot drift apart). Handlers record through
+//! these rather than ad-hoc metric strings. Every family is described in
+//! `docs/observability.md`.
 
+use crate::auth::AuthFailure;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
-use shared::telemetry::LATENCY_BUCKETS;
+use shared::telemetry::{LATENCY_BUCKETS, ReadinessLog};
+use shared::wire::Channel;
+use std::net::IpAddr;
 use std::sync::Arc;
+
+/// The ingest channels, as the `channel` label spells them.
+pub const CHANNELS: [&str; 2] = ["http", "mqtt"];
+
+/// Outcomes of one ingest request (HTTP) or publish (MQTT), as the `outcome` label spells them.
+pub const REQUEST_OUTCOMES: [&str; 5] = [
+    "accepted",
+    "rejected",
+    "unauthorised",
+    "rate_limited",
+    "unavailable",
+];
+
+/// Outcomes of one reading: stored in JetStream, or refused by validation.
+pub const READING_OUTCOMES: [&str; 2] = ["accepted", "rejected"];
 
 #[derive(Clone)]
 pub struct Metrics(Arc<Inner>);
@@ -21,6 +41,8 @@ pub struct Inner {
     pub mqtt_connections_open: IntGauge,
     pub mqtt_events: IntCounterVec,
     pub device_keys_loaded: IntGauge,
+    /// The last `/readyz` answer, so that only changes are logged.
+    pub readiness: ReadinessLog,
 }
 
 impl std::ops::Deref for Metrics {
@@ -125,12 +147,91 @@ impl Metrics {
                 "device_keys_loaded",
                 "Device keys currently held by this gateway.",
             ),
+            readiness: ReadinessLog::default(),
             registry,
         };
+        // Every combination of the closed label sets exists from the start, at zero: a
+        // dashboard's rate() then sees a flat line instead of no data before the first event,
+        // and an alert on "rejected > 0" has a series to compare.
+        for channel in CHANNELS {
+            for outcome in REQUEST_OUTCOMES {
+                inner.ingest_requests.with_label_values(&[channel, outcome]);
+            }
+            for outcome in READING_OUTCOMES {
+                inner.ingest_readings.with_label_values(&[channel, outcome]);
+            }
+        }
         Metrics(Arc::new(inner))
     }
 
     pub fn render(&self) -> String {
         shared::telemetry::render_metrics(&self.registry)
+    }
+}
+
+/// A device key refused on the HTTP channel: counted by channel and reason, logged with the
+/// reason and the client address. Only the reason is logged, never the presented key (not even
+/// its public id: a malformed "key" may be a secret pasted into the wrong header).
+pub struct DeviceAuthRefused {
+    pub channel: Channel,
+    pub reason: AuthFailure,
+    pub client_ip: IpAddr,
+}
+
+impl DeviceAuthRefused {
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics
+            .device_auth_failures
+            .with_label_values(&[self.channel.as_str(), self.reason.as_str()])
+            .inc();
+        tracing::info!(
+            module = "ingest",
+            operation = "authenticate",
+            status = "refused",
+            channel = self.channel.as_str(),
+            reason = self.reason.as_str(),
+            client_ip = %self.client_ip,
+            "Device key refused."
+        );
+    }
+}
+
+/// The outcome of one ingest call on any channel: the request and reading counters, and a
+/// debug line (never a line per request above debug here: the HTTP layer already logs one per
+/// request, and MQTT publishes are too many).
+pub struct BatchIngested<'a> {
+    pub channel: Channel,
+    /// One of [`REQUEST_OUTCOMES`].
+    pub outcome: &'a str,
+    pub accepted: usize,
+    pub rejected: usize,
+    pub duplicate: bool,
+}
+
+impl BatchIngested<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        let channel = self.channel.as_str();
+        metrics
+            .ingest_readings
+            .with_label_values(&[channel, "accepted"])
+            .inc_by(self.accepted as u64);
+        metrics
+            .ingest_readings
+            .with_label_values(&[channel, "rejected"])
+            .inc_by(self.rejected as u64);
+        metrics
+            .ingest_requests
+            .with_label_values(&[channel, self.outcome])
+            .inc();
+        tracing::debug!(
+            module = "ingest",
+            operation = "ingest",
+            status = self.outcome,
+            channel,
+            accepted = self.accepted,
+            rejected = self.rejected,
+            duplicate = self.duplicate,
+            "Batch handled."
+        );
     }
 }

@@ -10,12 +10,14 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use shared::telemetry::HttpRequest;
 use std::sync::Arc;
 use std::time::Instant;
 use tower_governor::GovernorLayer;
 use tower_governor::errors::GovernorError;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor;
+use tracing::Instrument as _;
 
 /// Rate-limits by the public id inside the presented key. Requests without a readable key share
 /// one bucket; they are answered 401 by the handler anyway.
@@ -78,26 +80,34 @@ fn rate_limited(metrics: &crate::observability::Metrics, e: GovernorError) -> Re
     }
 }
 
+/// The outermost layer: one span per request carrying the route template (handlers record the
+/// authenticated `device_id` into it), then one metric sample and one log line per request
+/// ([`HttpRequest`]). Labels use the matched route, never the raw path.
 async fn track_http(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
-    let response = next.run(req).await;
-    let status = response.status().as_u16().to_string();
-    state
-        .metrics
-        .http_requests
-        .with_label_values(&[&route, &method, &status])
-        .inc();
-    state
-        .metrics
-        .http_seconds
-        .with_label_values(&[&route, &method])
-        .observe(started.elapsed().as_secs_f64());
+        .unwrap_or_else(|| shared::telemetry::UNMATCHED_ROUTE.to_owned());
+    let method = req.method().clone();
+    let span = tracing::info_span!(
+        "http_request",
+        module = "http",
+        route = %route,
+        method = %method,
+        device_id = tracing::field::Empty,
+    );
+    let response = next.run(req).instrument(span.clone()).await;
+    span.in_scope(|| {
+        HttpRequest {
+            route: &route,
+            method: method.as_str(),
+            status: response.status().as_u16(),
+            elapsed: started.elapsed(),
+        }
+        .emit(&state.metrics.http_requests, &state.metrics.http_seconds)
+    });
     response
 }
 
@@ -105,25 +115,35 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Ready when this gateway can do its work: NATS connected, every device key loaded and the MQTT
-/// listener accepting (a gateway whose MQTT endpoint stopped must leave the load balancer).
+/// Ready when this gateway can do its work: NATS connected and every device key loaded.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
-    let nats = state.nats.connection_state() == async_nats::connection::State::Connected;
+    let nats = state.nats.connection_state() == async_nats::connection::State::Connected
+        && stream_answers(&state).await;
     let keys = state.registry.is_loaded();
-    let mqtt = state.mqtt.is_accepting();
-    let ready = nats && keys && mqtt;
+    let ready = nats && keys;
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(serde_json::json!({
-            "status": if ready { "ready" } else { "not_ready" },
-            "checks": { "nats": nats, "device_keys_loaded": keys, "mqtt_listener": mqtt },
-        })),
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "checks": { "nats": nats, "device_keys_loaded": keys },
+    });
+    state.metrics.readiness.observe(ready, &body["checks"]);
+    (status, Json(body))
+}
+
+/// A connected client is not enough: JetStream must answer for our stream, or every publish
+/// would time out. Bounded, so that a hung server makes the probe fail rather than hang.
+async fn stream_answers(state: &AppState) -> bool {
+    let js = state.ingestor.publisher.context();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        js.get_stream(state.ingestor.names.stream()),
     )
+    .await
+    .is_ok_and(|r| r.is_ok())
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

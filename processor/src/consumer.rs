@@ -7,7 +7,7 @@
 //! block the stream).
 
 use crate::config::ConsumerArgs;
-use crate::observability::Metrics;
+use crate::observability::{BatchRetried, BatchStored, MessageTerminated, Metrics};
 use crate::storage::{self, readings::Columns};
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use chrono::{DateTime, Utc};
@@ -91,6 +91,12 @@ fn decode_valid(bytes: &[u8]) -> Result<Batch, Poison> {
     Ok(batch)
 }
 
+/// The device a message was published for, from its subject (`<namespace>.readings.<id>`), so
+/// that even an undecodable message can be traced to its sender.
+fn device_of_subject(subject: &str) -> Option<Uuid> {
+    subject.rsplit('.').next()?.parse().ok()
+}
+
 fn backoff(delivered: i64) -> Duration {
     let exp = delivered.clamp(1, 8) as u32;
     Duration::from_millis(250 * 2u64.pow(exp - 1)).min(Duration::from_secs(30))
@@ -150,10 +156,7 @@ impl Writer {
         for m in messages {
             let delivered = m.info().map(|i| i.delivered).unwrap_or(1);
             if delivered > 1 {
-                self.metrics
-                    .messages
-                    .with_label_values(&["redelivered"])
-                    .inc();
+                self.metrics.redeliveries.inc();
             }
             match decode_valid(&m.payload) {
                 Ok(b) => {
@@ -161,11 +164,12 @@ impl Writer {
                     good.push((m, delivered));
                 }
                 Err(e) => {
-                    self.metrics
-                        .messages
-                        .with_label_values(&["terminated"])
-                        .inc();
-                    tracing::warn!(subject = %m.subject, error = %e, status = "terminated", "Message can never be stored; terminated.");
+                    MessageTerminated {
+                        device_id: device_of_subject(&m.subject),
+                        subject: &m.subject,
+                        error: &e,
+                    }
+                    .emit(&self.metrics);
                     if let Err(e) = m.ack_with(AckKind::Term).await {
                         tracing::warn!(error = %e, "Cannot terminate a message.");
                     }
@@ -178,23 +182,16 @@ impl Writer {
         let started = Instant::now();
         match self.write(&batches).await {
             Ok((inserted, total)) => {
-                let elapsed = started.elapsed();
-                self.metrics.db_write_seconds.observe(elapsed.as_secs_f64());
-                self.metrics.batch_messages.observe(batches.len() as f64);
-                self.metrics.readings_written.inc_by(inserted);
-                self.metrics.readings_duplicate.inc_by(total - inserted);
-                let now = shared::now_ms();
-                for b in &batches {
-                    self.metrics
-                        .ingest_latency_seconds
-                        .observe((now - b.received_at_ms).max(0) as f64 / 1000.0);
-                }
-                tracing::debug!(
-                    rows = total,
+                let received: Vec<i64> = batches.iter().map(|b| b.received_at_ms).collect();
+                BatchStored {
+                    messages: batches.len(),
+                    readings: total,
                     inserted,
-                    elapsed_ms = elapsed.as_millis() as u64,
-                    "Batch stored."
-                );
+                    elapsed: started.elapsed(),
+                    received_at_ms: &received,
+                    committed_at_ms: shared::now_ms(),
+                }
+                .emit(&self.metrics);
                 self.touch_devices(&batches).await;
                 // After the commit, before the acks: a crash in between redelivers the batch,
                 // and re-evaluating it is a no-op (every rule's watermark already covers it).
@@ -215,11 +212,11 @@ impl Writer {
                     .inc_by(good.len() as u64);
             }
             Err(e) => {
-                self.metrics
-                    .messages
-                    .with_label_values(&["retried"])
-                    .inc_by(good.len() as u64);
-                tracing::warn!(error = %e, status = "retry", "Cannot store a batch; it will be redelivered.");
+                BatchRetried {
+                    messages: good.len(),
+                    error: &e,
+                }
+                .emit(&self.metrics);
                 for (m, delivered) in &good {
                     let _ = m.ack_with(AckKind::Nak(Some(backoff(*delivered)))).await;
                 }
@@ -343,6 +340,14 @@ mod tests {
             decode_valid(b"\x07garbage"),
             Err(Poison::Decode(_))
         ));
+    }
+
+    #[test]
+    fn the_device_of_a_message_comes_from_its_subject() {
+        let id = Uuid::new_v4();
+        assert_eq!(device_of_subject(&format!("hub.readings.{id}")), Some(id));
+        assert_eq!(device_of_subject("hub.readings.not-a-uuid"), None);
+        assert_eq!(device_of_subject(""), None);
     }
 
     #[test]

@@ -18,7 +18,9 @@ where
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .with_span_list(false)
+            // The whole chain of spans, so that a line logged deep in the pipeline still
+            // carries the ids its outer spans hold (the request's route, the device).
+            .with_span_list(true)
             .try_init(),
         LogFormat::Pretty => builder.pretty().try_init(),
     };
@@ -40,3 +42,114 @@ pub fn render_metrics(registry: &prometheus::Registry) -> String {
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+/// Histogram buckets in seconds for the end-to-end path (gateway receive → database commit): the
+/// same fine steps as [`LATENCY_BUCKETS`] at the low end, then up to 5 minutes, because during a
+/// database or consumer outage readings wait in the stream and their latency is exactly what an
+/// operator needs to see.
+pub const END_TO_END_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0, 300.0,
+];
+
+/// The `method` label of the HTTP families. Clients may send any token as a method; anything
+/// outside the standard set becomes `other`, so that a scanner cannot grow the label set.
+pub fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The `route` label for a request no route matched. The raw path would carry ids and whatever a
+/// scanner tries, and make the label set unbounded.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Routes that probes and scrapers call every few seconds: counted like every route, but not
+/// logged, so that the request log shows traffic rather than the monitoring of it.
+fn is_probe(route: &str) -> bool {
+    matches!(route, "/healthz" | "/readyz" | "/metrics")
+}
+
+/// One finished HTTP request: counted by route template, method and status, timed, and logged
+/// as the one info line per request. Both binaries emit it from their outermost layer, so log
+/// and metrics cannot disagree about what was served.
+pub struct HttpRequest<'a> {
+    /// The matched route template (`/devices/{id}`), or [`UNMATCHED_ROUTE`].
+    pub route: &'a str,
+    pub method: &'a str,
+    pub status: u16,
+    pub elapsed: std::time::Duration,
+}
+
+impl HttpRequest<'_> {
+    pub fn emit(&self, requests: &prometheus::IntCounterVec, seconds: &prometheus::HistogramVec) {
+        let method = method_label(self.method);
+        let status = self.status.to_string();
+        requests
+            .with_label_values(&[self.route, method, status.as_str()])
+            .inc();
+        seconds
+            .with_label_values(&[self.route, method])
+            .observe(self.elapsed.as_secs_f64());
+        if !is_probe(self.route) {
+            // Target `http`, so that `RUST_LOG=info,http=warn` silences request lines alone.
+            tracing::info!(
+                target: "http",
+                module = "http",
+                operation = self.route,
+                method,
+                status = self.status,
+                elapsed_ms = round_ms(self.elapsed),
+                "Request."
+            );
+        }
+    }
+}
+
+/// Milliseconds with microsecond precision: sub-millisecond requests are common and a whole
+/// number of milliseconds would show them all as 0.
+pub fn round_ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+/// Remembers the last answer of `/readyz` so that only changes are logged: probes arrive every
+/// few seconds and must not flood the log, while the moment a dependency goes away or comes
+/// back is what an operator looks for.
+#[derive(Default)]
+pub struct ReadinessLog {
+    /// 0 = never probed, 1 = ready, 2 = not ready.
+    last: std::sync::atomic::AtomicU8,
+}
+
+impl ReadinessLog {
+    /// Records one readiness answer; `checks` is the JSON object `/readyz` returns.
+    pub fn observe(&self, ready: bool, checks: &serde_json::Value) {
+        let now = if ready { 1 } else { 2 };
+        let before = self.last.swap(now, std::sync::atomic::Ordering::AcqRel);
+        match (before, ready) {
+            (b, _) if b == now => {}
+            // The first answer after start is lifecycle, whatever it is (keys may still load).
+            (0, _) | (_, true) => tracing::info!(
+                module = "health",
+                operation = "readiness",
+                status = if ready { "ready" } else { "not_ready" },
+                checks = %checks,
+                "Readiness changed."
+            ),
+            (_, false) => tracing::warn!(
+                module = "health",
+                operation = "readiness",
+                status = "not_ready",
+                checks = %checks,
+                "Readiness changed: a dependency is unreachable."
+            ),
+        }
+    }
+}

@@ -27,6 +27,9 @@ pub struct HubOptions {
     pub gateways: usize,
     pub processors: usize,
     pub nats_url: String,
+    /// The PostgreSQL server (URL without a database) the hub's database is created on; a test
+    /// that stops its database server passes a private one here.
+    pub pg_server_url: String,
     /// Extra environment for every gateway.
     pub gateway_env: Vec<(String, String)>,
     /// Extra environment for every processor.
@@ -39,6 +42,7 @@ impl Default for HubOptions {
             gateways: 1,
             processors: 1,
             nats_url: nats_url(),
+            pg_server_url: pg_server_url(),
             gateway_env: Vec::new(),
             // Tests log in often from one address; the login limit has its own test.
             processor_env: vec![
@@ -81,7 +85,7 @@ pub struct TestDevice {
 
 async fn check_services(opts: &HubOptions) {
     use sqlx::Connection;
-    let pg = format!("{}/postgres", pg_server_url());
+    let pg = format!("{}/postgres", opts.pg_server_url);
     if let Err(e) = sqlx::PgConnection::connect(&pg).await {
         panic!("PostgreSQL is not reachable at {pg} ({e}). Start it: compose/services up");
     }
@@ -102,7 +106,7 @@ impl TestHub {
         check_services(&opts).await;
         let suffix = crate::unique_suffix();
         let database = format!("hub_test_{suffix}");
-        let database_url = format!("{}/{database}", pg_server_url());
+        let database_url = format!("{}/{database}", opts.pg_server_url);
         let mut hub = TestHub {
             namespace: format!("t{suffix}"),
             database,
@@ -461,10 +465,11 @@ impl Drop for TestHub {
         for n in self.gateways.iter_mut().chain(self.processors.iter_mut()) {
             n.process.kill();
         }
-        let (database, namespace, nats) = (
+        let (database, namespace, nats, pg) = (
             self.database.clone(),
             self.namespace.clone(),
             self.opts.nats_url.clone(),
+            self.opts.pg_server_url.clone(),
         );
         // Drop cannot be async; clean up on a thread with its own runtime.
         let _ = std::thread::spawn(move || {
@@ -476,9 +481,7 @@ impl Drop for TestHub {
             };
             rt.block_on(async move {
                 use sqlx::Connection;
-                if let Ok(mut c) =
-                    sqlx::PgConnection::connect(&format!("{}/postgres", pg_server_url())).await
-                {
+                if let Ok(mut c) = sqlx::PgConnection::connect(&format!("{pg}/postgres")).await {
                     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                         "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
                     )))

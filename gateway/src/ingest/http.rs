@@ -3,6 +3,7 @@
 use crate::AppState;
 use crate::error::GatewayError;
 use crate::ingest::IngestError;
+use crate::observability::DeviceAuthRefused;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -85,19 +86,12 @@ pub async fn post_ingest(
         Some(key) => state.registry.authenticate(key),
     }
     .map_err(|reason| {
-        state
-            .metrics
-            .device_auth_failures
-            .with_label_values(&["http", reason.as_str()])
-            .inc();
-        tracing::info!(
-            module = "ingest",
-            operation = "authenticate",
-            status = 401,
-            reason = reason.as_str(),
-            client_ip = %ip,
-            "Device key refused."
-        );
+        DeviceAuthRefused {
+            channel: Channel::Http,
+            reason,
+            client_ip: ip,
+        }
+        .emit(&state.metrics);
         match state.auth_failures.record_failure(ip) {
             Some(retry_after_secs) => {
                 state
@@ -117,7 +111,16 @@ pub async fn post_ingest(
             }
         }
     })?;
-    let idempotency_key = idempotency_key(&headers)?;
+    // The request's span (opened by the HTTP layer) carries the device from here on, so its
+    // request line and every line below it name the device.
+    tracing::Span::current().record("device_id", tracing::field::display(device_id));
+    let idempotency_key = idempotency_key(&headers).inspect_err(|_| {
+        state
+            .metrics
+            .ingest_requests
+            .with_label_values(&["http", "rejected"])
+            .inc();
+    })?;
     let limit = state.ingestor.limits.max_body_bytes;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
         state

@@ -19,7 +19,10 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Ready when the processor can do its work: the database answers, NATS is connected and the
-/// consumer exists on the server.
+/// consumer exists on the server. Each check is bounded (2 s), so that a dependency that hangs
+/// rather than refuses makes the probe answer 503 instead of timing out. Liveness (`/healthz`)
+/// checks nothing: a process waiting for its database is alive, and restarting it would not
+/// bring the database back.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let db = tokio::time::timeout(
         Duration::from_secs(2),
@@ -33,16 +36,18 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             .await
             .is_ok_and(|r| r.is_ok());
     let ready = db && nats && consumer;
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "checks": { "database": db, "nats": nats, "consumer": consumer },
+    });
+    state.metrics.readiness.observe(ready, &body["checks"]);
     (
         if ready {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         },
-        axum::Json(serde_json::json!({
-            "status": if ready { "ready" } else { "not_ready" },
-            "checks": { "database": db, "nats": nats, "consumer": consumer },
-        })),
+        axum::Json(body),
     )
 }
 

@@ -5,6 +5,7 @@
 //! JetStream has stored the batch.
 
 pub mod http;
+pub mod mqtt;
 pub mod publish;
 
 use crate::observability::{BatchIngested, Metrics};

@@ -115,12 +115,14 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Ready when this gateway can do its work: NATS connected and every device key loaded.
+/// Ready when this gateway can do its work: NATS connected, every device key loaded and the MQTT
+/// listener accepting (a gateway whose MQTT endpoint stopped must leave the load balancer).
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
     let nats = state.nats.connection_state() == async_nats::connection::State::Connected
         && stream_answers(&state).await;
     let keys = state.registry.is_loaded();
-    let ready = nats && keys;
+    let mqtt = state.mqtt.is_accepting();
+    let ready = nats && keys && mqtt;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -128,7 +130,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::
     };
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not_ready" },
-        "checks": { "nats": nats, "device_keys_loaded": keys },
+        "checks": { "nats": nats, "device_keys_loaded": keys, "mqtt_listener": mqtt },
     });
     state.metrics.readiness.observe(ready, &body["checks"]);
     (status, Json(body))

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod devices;
 pub mod extract;
 pub mod health;
+pub mod openapi;
 pub mod readings;
 pub mod rules;
 pub mod users;
@@ -12,29 +13,38 @@ pub mod users;
 use crate::AppState;
 use crate::config::ServeConfig;
 use crate::error::ApiError;
-use axum::Router;
+use axum::{Extension, Router};
 use axum::extract::{FromRequestParts as _, MatchedPath, RawPathParams, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use shared::telemetry::HttpRequest;
 use std::time::Instant;
 use tracing::Instrument as _;
+use utoipa::{Modify as _, OpenApi as _};
+use utoipa_axum::router::OpenApiRouter;
 use uuid::Uuid;
 
-pub fn router(state: AppState, config: &ServeConfig) -> Router {
-    Router::new()
+/// Routes registered on the [`OpenApiRouter`] are in the OpenAPI document by construction (see
+/// [`openapi`]); the document is finished and serialised once, here.
+pub fn router(state: AppState, config: &ServeConfig) -> anyhow::Result<Router> {
+    let (routes, mut doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(auth::router(config))
         .merge(devices::router())
         .merge(readings::router())
+        .merge(users::router())
+        .merge(openapi::router())
+        .split_for_parts();
+    openapi::CommonAnswers.modify(&mut doc);
+    Ok(routes
         .merge(rules::router())
         .merge(alerts::router())
         .merge(health::router())
-        .merge(users::router())
+        .layer(Extension(openapi::DocumentJson::new(&doc)?))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Outermost, so every answer (rate-limited, refused, not found) is counted and logged.
         .layer(middleware::from_fn_with_state(state.clone(), track_http))
-        .with_state(state)
+        .with_state(state))
 }
 
 /// The outermost layer: one span per request carrying the route template and the domain ids the

@@ -6,6 +6,7 @@
 mod compat;
 mod docs;
 mod ingest_http;
+mod mqtt;
 mod observability;
 mod pipeline;
 mod recovery;

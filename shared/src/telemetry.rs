@@ -153,3 +153,85 @@ impl ReadinessLog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn standard_methods_are_labels_and_anything_else_is_other() {
+        for m in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+            assert_eq!(method_label(m), m);
+        }
+        for m in [
+            "get",
+            "TRACE",
+            "CONNECT",
+            "PROPFIND",
+            "",
+            "X".repeat(1000).as_str(),
+        ] {
+            assert_eq!(method_label(m), "other", "{m}");
+        }
+    }
+
+    #[test]
+    fn probes_are_the_three_monitoring_routes_only() {
+        for r in ["/healthz", "/readyz", "/metrics"] {
+            assert!(is_probe(r));
+        }
+        for r in ["/ingest", "/devices/{id}", UNMATCHED_ROUTE, "/metrics/x"] {
+            assert!(!is_probe(r), "{r}");
+        }
+    }
+
+    #[test]
+    fn milliseconds_keep_microseconds() {
+        assert_eq!(round_ms(Duration::from_micros(1_234)), 1.234);
+        assert_eq!(round_ms(Duration::from_nanos(1_234_567)), 1.235);
+        assert_eq!(round_ms(Duration::ZERO), 0.0);
+        assert_eq!(round_ms(Duration::from_secs(2)), 2000.0);
+    }
+
+    #[test]
+    fn an_http_request_is_counted_by_template_with_a_bounded_method() {
+        let requests = prometheus::IntCounterVec::new(
+            prometheus::Opts::new("r_total", "r"),
+            &["route", "method", "status"],
+        )
+        .unwrap();
+        let seconds = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new("s_seconds", "s"),
+            &["route", "method"],
+        )
+        .unwrap();
+        for method in ["GET", "BREW"] {
+            HttpRequest {
+                route: "/devices/{id}",
+                method,
+                status: 200,
+                elapsed: Duration::from_millis(3),
+            }
+            .emit(&requests, &seconds);
+        }
+        assert_eq!(
+            requests
+                .with_label_values(&["/devices/{id}", "GET", "200"])
+                .get(),
+            1
+        );
+        assert_eq!(
+            requests
+                .with_label_values(&["/devices/{id}", "other", "200"])
+                .get(),
+            1
+        );
+        assert_eq!(
+            seconds
+                .with_label_values(&["/devices/{id}", "GET"])
+                .get_sample_count(),
+            1
+        );
+    }
+}

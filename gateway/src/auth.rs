@@ -222,6 +222,57 @@ async fn bucket_is_empty(store: &kv::Store) -> bool {
     }
 }
 
+/// Limits failed device authentications per client IP, on every channel. Keys are 256-bit
+/// random, so guessing is hopeless anyway; this keeps a misbehaving client from filling logs and
+/// CPU. Once an address has used up its failures, every unauthenticated attempt from it is
+/// refused with 429 until its allowance recovers — including one with a valid key, or guessing
+/// could continue unhindered.
+pub struct FailureLimiter {
+    limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+    blocked: std::sync::Mutex<HashMap<std::net::IpAddr, std::time::Instant>>,
+}
+
+impl FailureLimiter {
+    pub fn new(per_min: u32, burst: u32) -> Self {
+        let per = std::time::Duration::from_millis(60_000 / u64::from(per_min.max(1)));
+        let burst = std::num::NonZeroU32::new(burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        let quota = governor::Quota::with_period(per)
+            .unwrap_or_else(|| governor::Quota::per_second(std::num::NonZeroU32::MIN))
+            .allow_burst(burst);
+        Self {
+            limiter: governor::RateLimiter::keyed(quota),
+            blocked: Default::default(),
+        }
+    }
+
+    /// Seconds to wait if `ip` is blocked now.
+    pub fn blocked_for(&self, ip: std::net::IpAddr) -> Option<u64> {
+        let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        let until = *blocked.get(&ip)?;
+        let now = std::time::Instant::now();
+        if until <= now {
+            blocked.remove(&ip);
+            return None;
+        }
+        Some((until - now).as_secs().max(1))
+    }
+
+    /// Records a failure; returns the seconds to wait when this one used up the allowance.
+    pub fn record_failure(&self, ip: std::net::IpAddr) -> Option<u64> {
+        use governor::clock::{Clock, DefaultClock};
+        let not_until = self.limiter.check_key(&ip).err()?;
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        if blocked.len() > 100_000 {
+            let now = std::time::Instant::now();
+            blocked.retain(|_, until| *until > now);
+            self.limiter.retain_recent();
+        }
+        blocked.insert(ip, std::time::Instant::now() + wait);
+        Some(wait.as_secs().max(1))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,56 +340,5 @@ mod tests {
         forged.push(if last == '0' { '1' } else { '0' });
         assert_eq!(reg.authenticate(&forged), Err(AuthFailure::WrongSecret));
         assert_eq!(reg.authenticate("nonsense"), Err(AuthFailure::Malformed));
-    }
-}
-
-/// Limits failed device authentications per client IP, on every channel. Keys are 256-bit
-/// random, so guessing is hopeless anyway; this keeps a misbehaving client from filling logs and
-/// CPU. Once an address has used up its failures, every unauthenticated attempt from it is
-/// refused with 429 until its allowance recovers — including one with a valid key, or guessing
-/// could continue unhindered.
-pub struct FailureLimiter {
-    limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
-    blocked: std::sync::Mutex<HashMap<std::net::IpAddr, std::time::Instant>>,
-}
-
-impl FailureLimiter {
-    pub fn new(per_min: u32, burst: u32) -> Self {
-        let per = std::time::Duration::from_millis(60_000 / u64::from(per_min.max(1)));
-        let burst = std::num::NonZeroU32::new(burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
-        let quota = governor::Quota::with_period(per)
-            .unwrap_or_else(|| governor::Quota::per_second(std::num::NonZeroU32::MIN))
-            .allow_burst(burst);
-        Self {
-            limiter: governor::RateLimiter::keyed(quota),
-            blocked: Default::default(),
-        }
-    }
-
-    /// Seconds to wait if `ip` is blocked now.
-    pub fn blocked_for(&self, ip: std::net::IpAddr) -> Option<u64> {
-        let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
-        let until = *blocked.get(&ip)?;
-        let now = std::time::Instant::now();
-        if until <= now {
-            blocked.remove(&ip);
-            return None;
-        }
-        Some((until - now).as_secs().max(1))
-    }
-
-    /// Records a failure; returns the seconds to wait when this one used up the allowance.
-    pub fn record_failure(&self, ip: std::net::IpAddr) -> Option<u64> {
-        use governor::clock::{Clock, DefaultClock};
-        let not_until = self.limiter.check_key(&ip).err()?;
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
-        if blocked.len() > 100_000 {
-            let now = std::time::Instant::now();
-            blocked.retain(|_, until| *until > now);
-            self.limiter.retain_recent();
-        }
-        blocked.insert(ip, std::time::Instant::now() + wait);
-        Some(wait.as_secs().max(1))
     }
 }

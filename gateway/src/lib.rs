@@ -9,6 +9,7 @@
 //! - [`ingest`]: the one ingest path, its HTTP and MQTT faces, and the JetStream publisher
 //!   ([`ingest::mqtt`] is the receive-only MQTT 3.1.1 endpoint; see `docs/mqtt.md`).
 //! - [`routes`]: the HTTP router, health, readiness and metrics.
+//! - [`openapi`]: the OpenAPI document of `POST /ingest`, at `GET /openapi.json`.
 //! - [`observability`]: metric families.
 //! - [`error`]: the one error type and JSON error shape.
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod ingest;
 pub mod observability;
+pub mod openapi;
 pub mod routes;
 
 use anyhow::Context as _;

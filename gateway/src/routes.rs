@@ -54,6 +54,7 @@ pub fn router(state: AppState, config: &GatewayConfig) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(crate::openapi::openapi_json))
         .fallback(|| async { GatewayError::NotFound })
         .method_not_allowed_fallback(|| async { GatewayError::MethodNotAllowed })
         // Outermost, so that rate-limited and refused requests are measured too.

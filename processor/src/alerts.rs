@@ -298,6 +298,10 @@ pub async fn resolve_by_hand(
             "note must be at most {MAX_NOTE_CHARS} characters"
         )));
     }
+    // PostgreSQL cannot store NUL in text: refused here rather than failing as a 500.
+    if note.as_ref().is_some_and(|n| n.contains('\0')) {
+        return Err(ApiError::Validation("note must not contain NUL".into()));
+    }
     let alert = storage::alerts::get(db, id)
         .await?
         .ok_or(ApiError::NotFound("alert"))?;

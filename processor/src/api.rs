@@ -32,13 +32,13 @@ pub fn router(state: AppState, config: &ServeConfig) -> anyhow::Result<Router> {
         .merge(devices::router())
         .merge(readings::router())
         .merge(users::router())
+        .merge(rules::router())
+        .merge(alerts::router())
+        .merge(health::router())
         .merge(openapi::router())
         .split_for_parts();
     openapi::CommonAnswers.modify(&mut doc);
     Ok(routes
-        .merge(rules::router())
-        .merge(alerts::router())
-        .merge(health::router())
         .layer(Extension(openapi::DocumentJson::new(&doc)?))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

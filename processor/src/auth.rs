@@ -80,7 +80,12 @@ pub async fn login(
     username: &str,
     password: String,
 ) -> Result<(String, Role), ApiError> {
-    let row = storage::users::by_username(&state.db, username).await?;
+    // A name no user can have (see `validate_username`) is not looked up: it may hold what
+    // PostgreSQL refuses in text (NUL), and it is refused like any unknown user.
+    let row = match users::validate_username(username) {
+        Ok(()) => storage::users::by_username(&state.db, username).await?,
+        Err(_) => None,
+    };
     let hash = match &row {
         Some(r) => r.password_hash.clone(),
         None => users::dummy_hash().await.to_owned(),

@@ -30,10 +30,17 @@ async fn mirror_put(bucket: &kv::Store, row: &DeviceRow) -> Result<(), ApiError>
     Ok(())
 }
 
+/// Control characters are refused: they have no place in a name, and PostgreSQL cannot store
+/// NUL in text at all (it would be a 500).
 fn validate_name(name: &str) -> Result<&str, ApiError> {
     let trimmed = name.trim();
     if trimmed.is_empty() || trimmed.chars().count() > 200 {
         return Err(ApiError::Validation("name must be 1-200 characters".into()));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(ApiError::Validation(
+            "name must not contain control characters".into(),
+        ));
     }
     Ok(trimmed)
 }

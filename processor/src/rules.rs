@@ -16,7 +16,7 @@ pub use cache::RuleCache;
 pub use manage::Rules;
 
 /// The three kinds of condition of DESIGN §6.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum RuleType {
     /// Violated when the value is above `max`.
     #[serde(rename = "MAX")]
@@ -48,7 +48,7 @@ impl RuleType {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Info,

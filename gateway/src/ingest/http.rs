@@ -13,9 +13,12 @@ use shared::ingest::Rejection;
 use shared::wire::Channel;
 use std::net::{IpAddr, SocketAddr};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IngestResponse {
+    /// How many readings were stored.
     pub accepted: usize,
+    /// The readings that were not, by position, with the reason.
+    #[schema(value_type = Vec<crate::openapi::RejectionDoc>)]
     pub rejected: Vec<Rejection>,
     /// True when this was a retry of a batch already stored under the same `Idempotency-Key`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -65,6 +68,30 @@ pub fn client_ip(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> IpA
         .unwrap_or(peer.ip())
 }
 
+/// Stores a batch of readings. The answer comes only after JetStream has stored the batch: a
+/// reading that got a 2xx is never lost.
+#[utoipa::path(
+    post,
+    path = "/ingest",
+    operation_id = "ingest",
+    request_body(content = crate::openapi::IngestBody, content_type = "application/json"),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[\\x21-\\x7E]{1,128}$",
+            description = "Used as the JetStream message id: a retry with the same key within 2 minutes is stored once and answered with `duplicate: true`"),
+    ),
+    security(("device_key" = []), ("api_key_header" = [])),
+    responses(
+        (status = 202, description = "At least one reading valid and stored", body = IngestResponse),
+        (status = 400, description = "`invalid_body`: empty, not JSON, not one of the three shapes, or a bad `Idempotency-Key`", body = crate::openapi::IngestErrorBody),
+        (status = 401, description = "`unauthorized`: a missing, unknown, wrong or disabled key", body = crate::openapi::IngestErrorBody),
+        (status = 413, description = "`payload_too_large`: over the body size or readings limit", body = crate::openapi::IngestErrorBody),
+        (status = 422, description = "`no_valid_readings` (with `rejected`) or `no_readings` (an empty list)", body = crate::openapi::IngestErrorBody),
+        (status = 429, description = "`rate_limited`: over the device's rate, or too many failed authentications from the address", body = crate::openapi::IngestErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`unavailable`: JetStream could not store the batch; retry", body = crate::openapi::IngestErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 pub async fn post_ingest(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

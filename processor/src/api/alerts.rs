@@ -8,29 +8,34 @@ use crate::api::rules::{
     check_limit, check_metric_filter, format_cursor, parse_cursor, parse_uuid,
 };
 use crate::auth::{AdminUser, CurrentUser};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+use crate::rules::{RuleType, Severity};
 use crate::storage::alerts::{AlertRow, ListQuery};
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 /// An alert. `value`/`triggered_at` are the reading that opened it, `last_value`/`last_seen` the
 /// newest violating reading, `resolved_at` the in-bounds reading that closed it (event times),
 /// or the wall-clock time of a manual or rule-driven resolution (see `resolution`).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct AlertResponse {
     pub id: Uuid,
     pub rule_id: Uuid,
     pub device_id: Uuid,
     pub metric: String,
+    #[schema(value_type = AlertStatus)]
     pub status: String,
+    #[schema(value_type = Severity)]
     pub severity: String,
     /// The rule's type and thresholds when the alert opened.
     #[serde(rename = "type")]
+    #[schema(value_type = RuleType)]
     pub rule_type: String,
     pub min: Option<f64>,
     pub max: Option<f64>,
@@ -42,6 +47,7 @@ pub struct AlertResponse {
     pub last_seen: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
     /// `reading`, `manual`, `rule_disabled` or `rule_deleted`.
+    #[schema(value_type = Option<Resolution>)]
     pub resolution: Option<String>,
     pub resolved_by: Option<Uuid>,
     pub note: Option<String>,
@@ -76,36 +82,85 @@ impl From<AlertRow> for AlertResponse {
     }
 }
 
-#[derive(Deserialize)]
+// Document types: the answers carry these values as strings from the database.
+#[derive(Serialize, ToSchema)]
+pub enum AlertStatus {
+    #[serde(rename = "ACTIVE")]
+    Active,
+    #[serde(rename = "RESOLVED")]
+    Resolved,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    Reading,
+    Manual,
+    RuleDisabled,
+    RuleDeleted,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// `ACTIVE` or `RESOLVED`, in any case.
+    #[param(pattern = "^([Aa][Cc][Tt][Ii][Vv][Ee]|[Rr][Ee][Ss][Oo][Ll][Vv][Ee][Dd])$")]
     pub status: Option<String>,
+    #[param(value_type = Option<Uuid>)]
     pub device_id: Option<String>,
+    #[param(pattern = "^[A-Za-z0-9_.:/-]{1,128}$")]
     pub metric: Option<String>,
+    #[param(value_type = Option<Severity>, inline)]
     pub severity: Option<String>,
+    #[param(value_type = Option<Uuid>)]
     pub rule_id: Option<String>,
     /// Inclusive lower bound on `triggered_at` (RFC 3339 or epoch milliseconds).
+    #[param(value_type = Option<crate::api::openapi::TimeParam>, inline)]
     pub from: Option<String>,
     /// Exclusive upper bound on `triggered_at`.
+    #[param(value_type = Option<crate::api::openapi::TimeParam>, inline)]
     pub to: Option<String>,
     /// `desc` (newest first, the default) or `asc`.
+    #[param(value_type = Option<crate::api::readings::Order>, inline)]
     pub order: Option<String>,
+    /// Page size.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
     pub limit: Option<i64>,
+    /// `next_cursor` of the previous page, unchanged.
+    #[param(
+        pattern = "^-?[0-9]{1,18}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     pub cursor: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResolveRequest {
+    /// At most 1000 characters, no NUL.
+    #[schema(max_length = 1000, pattern = "^[^\\u0000]*$")]
     pub note: Option<String>,
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/alerts", get(list))
-        .route("/alerts/{id}", get(get_one))
-        .route("/alerts/{id}/resolve", post(resolve))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(get_one))
+        .routes(routes!(resolve))
 }
 
+/// Alerts, newest first by default, with filters.
+#[utoipa::path(
+    get,
+    path = "/alerts",
+    operation_id = "list_alerts",
+    tag = "alerts",
+    params(ListParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of alerts", body = Page<AlertResponse>),
+        (status = 400, description = "A bad filter, `from` after `to`, `limit` outside 1-1000, a cursor this API did not write, `order` not asc/desc", body = ErrorBody),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     _user: CurrentUser,
@@ -174,6 +229,19 @@ async fn list(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/alerts/{id}",
+    operation_id = "get_alert",
+    tag = "alerts",
+    params(("id" = Uuid, Path, description = "The alert")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The alert", body = AlertResponse),
+        (status = 400, description = "`id` is not a UUID", body = ErrorBody),
+        (status = 404, description = "No such alert", body = ErrorBody),
+    )
+)]
 async fn get_one(
     State(state): State<AppState>,
     _user: CurrentUser,
@@ -186,6 +254,23 @@ async fn get_one(
 }
 
 /// The body is optional: no body (or an empty one) resolves without a note.
+#[utoipa::path(
+    post,
+    path = "/alerts/{id}/resolve",
+    operation_id = "resolve_alert",
+    tag = "alerts",
+    params(("id" = Uuid, Path, description = "The alert")),
+    request_body(content = Option<ResolveRequest>, description = "Optional; no body, `null` or `{}` resolves without a note"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The resolved alert", body = AlertResponse),
+        (status = 400, description = "`id` is not a UUID or the body is not JSON", body = ErrorBody),
+        (status = 403, description = "Needs the admin role", body = ErrorBody),
+        (status = 404, description = "No such alert", body = ErrorBody),
+        (status = 409, description = "The alert is already resolved", body = ErrorBody),
+        (status = 422, description = "An unknown field, or a note over 1000 characters", body = ErrorBody),
+    )
+)]
 async fn resolve(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
@@ -195,7 +280,8 @@ async fn resolve(
     let note = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        serde_json::from_slice::<ResolveRequest>(&body)
+        // `null` is "no body" as well.
+        serde_json::from_slice::<Option<ResolveRequest>>(&body)
             .map_err(|e| match e.classify() {
                 serde_json::error::Category::Data => ApiError::Validation(e.to_string()),
                 serde_json::error::Category::Io
@@ -204,7 +290,7 @@ async fn resolve(
                     ApiError::BadRequest(format!("the body is not valid JSON: {e}"))
                 }
             })?
-            .note
+            .and_then(|r| r.note)
     };
     let row = crate::alerts::resolve_by_hand(&state.db, &state.metrics, id, admin.id, note).await?;
     Ok(Json(row.into()))

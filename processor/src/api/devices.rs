@@ -52,15 +52,24 @@ pub struct DeviceWithKey {
 
 #[derive(Deserialize, ToSchema)]
 pub struct CreateDevice {
-    /// 1-200 characters once trimmed.
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    /// 1-200 characters once trimmed, not only white space, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateDevice {
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    /// As in `CreateDevice`.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: Option<String>,
     /// `false` locks the device's key out on every gateway within about a second.
     pub enabled: Option<bool>,

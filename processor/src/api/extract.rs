@@ -7,17 +7,60 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 /// `Json` whose rejection is a 400/415/422 in our shape.
+///
+/// Every request body of this API is a JSON object. serde's derived structs also accept a JSON
+/// array of their fields in order (`[null, null]` would be an empty update), so anything but an
+/// object is refused here, before serde sees it, as a 422 like any other body of the wrong shape.
 pub struct Json<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
+        let (parts, body) = req.into_parts();
+        // Content type first, so that a body sent as something else is refused as before.
+        if !is_json(&parts.headers) {
+            return Err(ApiError::BadRequest(
+                "Expected request with `Content-Type: application/json`".into(),
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        // Another JSON value is the wrong shape (422); what is not JSON at all is left to serde,
+        // whose syntax error says where (400).
+        if let Some(b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n') =
+            bytes.iter().find(|b| !b.is_ascii_whitespace())
+        {
+            return Err(ApiError::Validation(
+                "the body must be a JSON object".into(),
+            ));
+        }
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(v)) => Ok(Json(v)),
             Err(JsonRejection::JsonDataError(e)) => Err(ApiError::Validation(e.body_text())),
             Err(e) => Err(ApiError::BadRequest(e.body_text())),
         }
     }
+}
+
+/// `application/json` or any `application/*+json`, as axum's own `Json` accepts.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|sub| sub.ends_with("+json"))
 }
 
 impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {

@@ -4,30 +4,33 @@ use crate::AppState;
 use crate::api::devices::Page;
 use crate::api::extract::{Json, Path, Query};
 use crate::auth::{AdminUser, CurrentUser};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::rules::manage::{NewRule, RuleChange};
 use crate::rules::{RuleType, Severity};
 use crate::storage::rules::{ListQuery, RuleRow};
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct RuleResponse {
     pub id: Uuid,
     pub device_id: Uuid,
     pub metric: String,
     #[serde(rename = "type")]
+    #[schema(value_type = RuleType)]
     pub rule_type: String,
     pub min: Option<f64>,
     pub max: Option<f64>,
+    #[schema(value_type = Severity)]
     pub severity: String,
     pub enabled: bool,
     /// The event time of the newest reading evaluated for this rule (its watermark).
@@ -55,10 +58,11 @@ impl From<RuleRow> for RuleResponse {
 }
 
 /// `severity` may be left out (then `warning`); every other field is required as its type says.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRule {
     pub device_id: Uuid,
+    #[schema(pattern = "^[A-Za-z0-9_.:/-]{1,128}$")]
     pub metric: String,
     #[serde(rename = "type")]
     pub rule_type: RuleType,
@@ -68,7 +72,7 @@ pub struct CreateRule {
 }
 
 /// Device and metric cannot change (another target is another rule); unknown fields are 422.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRule {
     #[serde(rename = "type")]
@@ -79,18 +83,29 @@ pub struct UpdateRule {
     pub enabled: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Only this device's rules.
+    #[param(value_type = Option<Uuid>)]
     pub device_id: Option<String>,
+    /// Only rules on this metric.
+    #[param(pattern = "^[A-Za-z0-9_.:/-]{1,128}$")]
     pub metric: Option<String>,
+    /// Page size.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
     pub limit: Option<i64>,
+    /// `next_cursor` of the previous page, unchanged.
+    #[param(
+        pattern = "^-?[0-9]{1,18}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     pub cursor: Option<String>,
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/rules", post(create).get(list))
-        .route("/rules/{id}", get(get_one).patch(update).delete(delete))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(get_one, update, delete))
 }
 
 /// Keyset cursors of the form `<micros>_<uuid>`, shared with the alert list.
@@ -98,6 +113,12 @@ pub(crate) fn parse_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), ApiErr
     let bad = || ApiError::BadRequest("cursor is not one this API returned".into());
     let (ts, id) = cursor.split_once('_').ok_or_else(bad)?;
     let ts: i64 = ts.parse().map_err(|_| bad())?;
+    // Clamped just outside the years 0000-9999, where it selects the same rows (all or none)
+    // without handing PostgreSQL a time it cannot store (which would be a 500).
+    let ts = ts.clamp(
+        crate::api::readings::MIN_TIME_MS * 1000 - 1,
+        (crate::api::readings::MAX_TIME_MS + 1) * 1000,
+    );
     Ok((
         DateTime::from_timestamp_micros(ts).ok_or_else(bad)?,
         id.parse().map_err(|_| bad())?,
@@ -137,6 +158,21 @@ pub(crate) fn check_metric_filter(metric: Option<&str>) -> Result<(), ApiError> 
     }
 }
 
+/// Creates a rule; every processor starts evaluating it within about a second.
+#[utoipa::path(
+    post,
+    path = "/rules",
+    operation_id = "create_rule",
+    tag = "rules",
+    request_body = CreateRule,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = RuleResponse),
+        (status = 400, description = "The body is not JSON", body = ErrorBody),
+        (status = 403, description = "Needs the admin role", body = ErrorBody),
+        (status = 422, description = "A missing, invalid or unknown field, thresholds that do not fit the type (a RANGE needs min <= max), or a device that does not exist", body = ErrorBody),
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -156,6 +192,19 @@ async fn create(
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
+/// Rules in creation order, optionally of one device and metric.
+#[utoipa::path(
+    get,
+    path = "/rules",
+    operation_id = "list_rules",
+    tag = "rules",
+    params(ListParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of rules", body = Page<RuleResponse>),
+        (status = 400, description = "A bad filter, `limit` outside 1-1000 or a cursor this API did not write", body = ErrorBody),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     _user: CurrentUser,
@@ -182,6 +231,19 @@ async fn list(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/rules/{id}",
+    operation_id = "get_rule",
+    tag = "rules",
+    params(("id" = Uuid, Path, description = "The rule")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The rule", body = RuleResponse),
+        (status = 400, description = "`id` is not a UUID", body = ErrorBody),
+        (status = 404, description = "No such rule", body = ErrorBody),
+    )
+)]
 async fn get_one(
     State(state): State<AppState>,
     _user: CurrentUser,
@@ -190,6 +252,23 @@ async fn get_one(
     Ok(Json(state.rules.get(id).await?.into()))
 }
 
+/// Changes thresholds, type, severity or enabled; disabling resolves its open alert.
+#[utoipa::path(
+    patch,
+    path = "/rules/{id}",
+    operation_id = "update_rule",
+    tag = "rules",
+    params(("id" = Uuid, Path, description = "The rule")),
+    request_body = UpdateRule,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The changed rule", body = RuleResponse),
+        (status = 400, description = "`id` is not a UUID or the body is not JSON", body = ErrorBody),
+        (status = 403, description = "Needs the admin role", body = ErrorBody),
+        (status = 404, description = "No such rule", body = ErrorBody),
+        (status = 422, description = "An invalid or unknown field, or thresholds that do not fit the type", body = ErrorBody),
+    )
+)]
 async fn update(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
@@ -206,6 +285,21 @@ async fn update(
     Ok(Json(state.rules.update(id, change, admin.id).await?.into()))
 }
 
+/// Deletes a rule and resolves its open alert.
+#[utoipa::path(
+    delete,
+    path = "/rules/{id}",
+    operation_id = "delete_rule",
+    tag = "rules",
+    params(("id" = Uuid, Path, description = "The rule")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "`id` is not a UUID", body = ErrorBody),
+        (status = 403, description = "Needs the admin role", body = ErrorBody),
+        (status = 404, description = "No such rule", body = ErrorBody),
+    )
+)]
 async fn delete(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,

@@ -9,6 +9,8 @@ mod ingest_http;
 mod mqtt;
 mod observability;
 mod pipeline;
+mod queries;
 mod recovery;
 mod replay;
+mod rules;
 mod security;

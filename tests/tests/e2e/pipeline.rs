@@ -146,6 +146,36 @@ async fn device_lifecycle_is_mirrored_to_the_gateway() {
     assert_eq!(renamed["name"], "pump 2");
     assert_eq!(renamed["enabled"], true);
 
+    // A body that is JSON but not an object is the wrong shape, even one serde would read as
+    // the struct's fields in order (`[null, null]`, `["x", false]`); nothing changes.
+    for body in [
+        json!([null, null]),
+        json!(["x", false]),
+        json!("x"),
+        json!(7),
+    ] {
+        let (status, err) = hub
+            .api(
+                Method::PATCH,
+                &format!("/devices/{}", device.id),
+                &token,
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(status, 422, "{body} → {err}");
+        assert_eq!(err["error"]["code"], "validation_failed", "{err}");
+    }
+    let (_, unchanged) = hub
+        .api(
+            Method::GET,
+            &format!("/devices/{}", device.id),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(unchanged["name"], "pump 2");
+    assert_eq!(unchanged["enabled"], true);
+
     // Pagination over the device list.
     for i in 0..3 {
         hub.create_device(&token, &format!("extra {i}")).await;

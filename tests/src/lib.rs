@@ -2,6 +2,7 @@
 //! free ports with a unique database and NATS namespace, talk to it, and clean up after.
 //!
 //! - [`hub`]: [`hub::TestHub`], one isolated hub per test.
+//! - [`load`]: the open-loop HTTP load generator of the benchmark (`src/bin/bench.rs`).
 //! - [`process`]: a child process whose JSON log lines are captured to a file and searched.
 //! - [`replay`]: the UCI Occupancy files as readings (used by the `replay` binary and tests).
 //!
@@ -12,6 +13,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod hub;
+pub mod load;
 pub mod process;
 pub mod replay;
 

@@ -224,8 +224,9 @@ impl Writer {
         }
     }
 
-    /// Resolves series ids (cached; unknown ones created in one round trip) and inserts every
-    /// reading of every batch in one statement. Returns (new rows, rows sent).
+    /// Resolves series ids (cached; unknown ones created in one round trip) and writes every
+    /// reading of every batch in one statement (a binary COPY; see
+    /// [`storage::readings::store`]). Returns (new rows, rows sent).
     async fn write(&self, batches: &[Batch]) -> sqlx::Result<(u64, u64)> {
         let missing: Vec<(Uuid, String)> = {
             let cache = self.series.lock().unwrap_or_else(|p| p.into_inner());
@@ -274,7 +275,7 @@ impl Writer {
                 }
             }
         }
-        let inserted = storage::readings::insert(&self.db, &cols).await?;
+        let inserted = storage::readings::store(&self.db, &cols).await?;
         Ok((inserted, total as u64))
     }
 

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod query_plans;
+mod writes;
 
 use processor::config::DatabaseArgs;
 use sqlx::{Connection, PgPool};

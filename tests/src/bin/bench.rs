@@ -26,8 +26,9 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use hub_tests::hub::{HubOptions, TestHub, metric_value};
 use hub_tests::load::{self, LoadDevice, LoadReport, LoadSpec, METRICS, Sequencer, Target};
+use processor::storage::readings::{self, Columns};
 use serde_json::{Value, json};
-use sqlx::postgres::{PgPoolCopyExt, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -392,7 +393,7 @@ struct RowSource {
 impl RowSource {
     /// The next `n` rows as three columns, in the order the hub would write them: requests of
     /// `batch` readings, devices in turn, metrics in turn inside a request.
-    fn take(&mut self, n: usize) -> (Vec<i32>, Vec<i64>, Vec<f64>) {
+    fn take(&mut self, n: usize) -> Columns {
         let devices = self.series.len() / self.metrics;
         let (mut s, mut t, mut v) = (
             Vec::with_capacity(n),
@@ -404,35 +405,17 @@ impl RowSource {
             let within = self.cursor % self.batch;
             let idx = (request % devices) * self.metrics + within % self.metrics;
             s.push(self.series[idx]);
-            t.push(self.next_ts[idx]);
+            t.push(chrono::DateTime::from_timestamp_millis(self.next_ts[idx]).unwrap_or_default());
             self.next_ts[idx] += 1;
             v.push(20.0 + (self.cursor % 1000) as f64 / 100.0);
             self.cursor += 1;
         }
-        (s, t, v)
+        Columns {
+            series: s,
+            ts: t,
+            value: v,
+        }
     }
-}
-
-/// Microseconds between the Unix and the PostgreSQL epochs (2000-01-01).
-const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
-
-/// The binary COPY format of `(series_id int4, ts timestamptz, value float8)` rows.
-fn copy_binary(series: &[i32], ts_ms: &[i64], values: &[f64]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(19 + series.len() * 38 + 2);
-    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-    out.extend_from_slice(&0i32.to_be_bytes());
-    out.extend_from_slice(&0i32.to_be_bytes());
-    for ((s, t), v) in series.iter().zip(ts_ms).zip(values) {
-        out.extend_from_slice(&3i16.to_be_bytes());
-        out.extend_from_slice(&4i32.to_be_bytes());
-        out.extend_from_slice(&s.to_be_bytes());
-        out.extend_from_slice(&8i32.to_be_bytes());
-        out.extend_from_slice(&(t * 1000 - PG_EPOCH_OFFSET_US).to_be_bytes());
-        out.extend_from_slice(&8i32.to_be_bytes());
-        out.extend_from_slice(&v.to_bits().to_be_bytes());
-    }
-    out.extend_from_slice(&(-1i16).to_be_bytes());
-    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -450,38 +433,12 @@ impl Method {
     }
 }
 
-async fn write_rows(
-    db: &PgPool,
-    method: Method,
-    (s, t, v): &(Vec<i32>, Vec<i64>, Vec<f64>),
-) -> anyhow::Result<u64> {
+/// The hub's own two write statements (`processor::storage::readings`), so that the ceiling
+/// is measured with exactly the SQL the processor runs, minus everything around it.
+async fn write_rows(db: &PgPool, method: Method, cols: &Columns) -> anyhow::Result<u64> {
     match method {
-        Method::CopyBinary => {
-            let mut copy = db
-                .copy_in_raw("COPY readings (series_id, ts, value) FROM STDIN (FORMAT binary)")
-                .await
-                .context("cannot start COPY")?;
-            copy.send(copy_binary(s, t, v)).await.context("COPY send")?;
-            copy.finish().await.context("COPY finish")
-        }
-        Method::UnnestOnConflict => {
-            let ts: Vec<chrono::DateTime<chrono::Utc>> = t
-                .iter()
-                .filter_map(|ms| chrono::DateTime::from_timestamp_millis(*ms))
-                .collect();
-            Ok(sqlx::query(
-                "INSERT INTO readings (series_id, ts, value)
-                 SELECT * FROM UNNEST($1::int4[], $2::timestamptz[], $3::float8[])
-                 ON CONFLICT ON CONSTRAINT readings_series_ts_key DO NOTHING",
-            )
-            .bind(s)
-            .bind(&ts)
-            .bind(v)
-            .execute(db)
-            .await
-            .context("UNNEST insert")?
-            .rows_affected())
-        }
+        Method::CopyBinary => readings::copy(db, cols).await.context("COPY"),
+        Method::UnnestOnConflict => readings::insert(db, cols).await.context("UNNEST insert"),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Gateway configuration: every setting is a flag and an environment variable with a default
 //! that works on one machine.
 
-use shared::config::{LogArgs, NatsArgs};
+use shared::config::{HttpArgs, LogArgs, NatsArgs};
 use std::net::SocketAddr;
 
 #[derive(Debug, clap::Parser)]
@@ -36,6 +36,9 @@ pub struct GatewayConfig {
 
     #[command(flatten)]
     pub log: LogArgs,
+
+    #[command(flatten)]
+    pub http: HttpArgs,
 
     #[command(flatten)]
     pub limits: IngestLimitArgs,

@@ -13,6 +13,8 @@ pub enum GatewayError {
     BadRequest(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("none of the {} readings is valid", .0.len())]
     NoValidReadings(Vec<Rejection>),
     #[error("the body has no readings")]
@@ -33,6 +35,7 @@ impl GatewayError {
             GatewayError::Unauthorized => StatusCode::UNAUTHORIZED,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::NoValidReadings(_) | GatewayError::NoReadings => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -49,6 +52,7 @@ impl GatewayError {
             GatewayError::Unauthorized => "unauthorized",
             GatewayError::BadRequest(_) => "invalid_body",
             GatewayError::PayloadTooLarge(_) => "payload_too_large",
+            GatewayError::RequestTimeout(_) => "request_timeout",
             GatewayError::NoValidReadings(_) => "no_valid_readings",
             GatewayError::NoReadings => "no_readings",
             GatewayError::RateLimited { .. } => "rate_limited",
@@ -61,7 +65,9 @@ impl GatewayError {
     /// Whether the same request may succeed later unchanged.
     pub fn is_retryable(&self) -> bool {
         match self {
-            GatewayError::RateLimited { .. } | GatewayError::Unavailable(_) => true,
+            GatewayError::RateLimited { .. }
+            | GatewayError::Unavailable(_)
+            | GatewayError::RequestTimeout(_) => true,
             GatewayError::Unauthorized
             | GatewayError::BadRequest(_)
             | GatewayError::PayloadTooLarge(_)

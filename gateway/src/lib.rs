@@ -168,12 +168,13 @@ impl Application {
             "Gateway listening."
         );
         let router = routes::router(state.clone(), &config);
-        let server = axum::serve(
+        shared::http::serve(
             http,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
+            router,
+            cancel.clone().cancelled_owned(),
+            config.http.serve_options(),
         )
-        .with_graceful_shutdown(cancel.clone().cancelled_owned());
-        let result = server.await.context("HTTP server failed");
+        .await;
         cancel.cancel();
         if let Err(e) = mqtt.await {
             tracing::error!(error = %e, "The MQTT endpoint task failed.");
@@ -189,6 +190,6 @@ impl Application {
             operation = "shutdown",
             "Gateway stopped."
         );
-        result
+        Ok(())
     }
 }

@@ -57,6 +57,12 @@ pub fn router(state: AppState, config: &GatewayConfig) -> Router {
         .route("/openapi.json", get(crate::openapi::openapi_json))
         .fallback(|| async { GatewayError::NotFound })
         .method_not_allowed_fallback(|| async { GatewayError::MethodNotAllowed })
+        .layer(axum::Extension(config.http.body_timeout()))
+        // A handler that panics answers 500 in the error shape instead of dropping the
+        // connection; inside the request layer, so that the 500 is counted and logged.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            shared::telemetry::panic_response,
+        ))
         // Outermost, so that rate-limited and refused requests are measured too.
         .layer(middleware::from_fn_with_state(state.clone(), track_http))
         .with_state(state)

@@ -42,6 +42,12 @@ pub fn router(state: AppState, config: &ServeConfig) -> anyhow::Result<Router> {
         .layer(Extension(openapi::DocumentJson::new(&doc)?))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::Extension(config.http.body_timeout()))
+        // A handler that panics answers 500 in the error shape instead of dropping the
+        // connection; inside the request layer, so that the 500 is counted and logged.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            shared::telemetry::panic_response,
+        ))
         // Outermost, so every answer (rate-limited, refused, not found) is counted and logged.
         .layer(middleware::from_fn_with_state(state.clone(), track_http))
         .with_state(state))

@@ -1,7 +1,7 @@
 //! Processor configuration: every setting is a flag and an environment variable with a default
 //! that works on one machine (DESIGN §10).
 
-use shared::config::{LogArgs, NatsArgs};
+use shared::config::{HttpArgs, LogArgs, NatsArgs};
 use shared::keys::Secret;
 use std::net::SocketAddr;
 
@@ -73,6 +73,9 @@ pub struct ServeConfig {
     /// Address of the API listener.
     #[arg(long, env = "PROCESSOR_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
+
+    #[command(flatten)]
+    pub http: HttpArgs,
 
     #[command(flatten)]
     pub database: DatabaseArgs,

@@ -12,6 +12,10 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Validation(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("missing, invalid or expired token")]
     Unauthorized,
     #[error("invalid username or password")]
@@ -39,6 +43,8 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized | ApiError::BadCredentials => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) | ApiError::NoRoute => StatusCode::NOT_FOUND,
@@ -55,6 +61,8 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Validation(_) => "validation_failed",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::Unauthorized => "unauthorized",
             ApiError::BadCredentials => "invalid_credentials",
             ApiError::Forbidden => "forbidden",
@@ -70,9 +78,13 @@ impl ApiError {
 
     pub fn is_retryable(&self) -> bool {
         match self {
-            ApiError::RateLimited { .. } | ApiError::Unavailable(_) | ApiError::Internal(_) => true,
+            ApiError::RateLimited { .. }
+            | ApiError::Unavailable(_)
+            | ApiError::Internal(_)
+            | ApiError::RequestTimeout(_) => true,
             ApiError::BadRequest(_)
             | ApiError::Validation(_)
+            | ApiError::PayloadTooLarge(_)
             | ApiError::Unauthorized
             | ApiError::BadCredentials
             | ApiError::Forbidden
@@ -97,9 +109,11 @@ impl From<sqlx::Error> for ApiError {
 }
 
 /// Every code [`ApiError::code`] can return, for the OpenAPI document.
-pub const CODES: [&str; 11] = [
+pub const CODES: [&str; 13] = [
     "bad_request",
     "validation_failed",
+    "payload_too_large",
+    "request_timeout",
     "unauthorized",
     "invalid_credentials",
     "forbidden",
@@ -176,6 +190,8 @@ mod tests {
         let all = [
             ApiError::BadRequest(String::new()),
             ApiError::Validation(String::new()),
+            ApiError::PayloadTooLarge(String::new()),
+            ApiError::RequestTimeout(String::new()),
             ApiError::Unauthorized,
             ApiError::BadCredentials,
             ApiError::Forbidden,

@@ -198,13 +198,7 @@ impl Application {
                 }
             }
         };
-        let result = axum::serve(
-            http,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop_api)
-        .await
-        .context("API server failed");
+        shared::http::serve(http, router, stop_api, config.http.serve_options()).await;
         cancel.cancel();
         for task in background {
             let _ = task.await;
@@ -216,7 +210,7 @@ impl Application {
             operation = "shutdown",
             "Processor stopped."
         );
-        result
+        Ok(())
     }
 }
 

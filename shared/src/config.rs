@@ -36,3 +36,35 @@ pub struct LogArgs {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
 }
+
+/// Time limits of the HTTP listener, against clients that hold connections without sending
+/// (slowloris): see [`crate::http`].
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct HttpArgs {
+    /// Seconds a client may take to send a request head; an idle keep-alive connection is
+    /// closed after as long. 30 s, as common proxies use.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECS", default_value_t = 30)]
+    pub http_header_timeout_secs: u64,
+
+    /// Seconds a client may take to send a whole request body once its head has arrived
+    /// (answered 408 after). Generous for 1 MiB over a slow cellular link.
+    #[arg(long, env = "HTTP_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub http_body_timeout_secs: u64,
+}
+
+impl HttpArgs {
+    pub fn serve_options(&self) -> crate::http::ServeOptions {
+        crate::http::ServeOptions {
+            header_read_timeout: std::time::Duration::from_secs(
+                self.http_header_timeout_secs.max(1),
+            ),
+            ..Default::default()
+        }
+    }
+
+    pub fn body_timeout(&self) -> crate::http::BodyTimeout {
+        crate::http::BodyTimeout(std::time::Duration::from_secs(
+            self.http_body_timeout_secs.max(1),
+        ))
+    }
+}

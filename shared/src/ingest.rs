@@ -353,8 +353,10 @@ fn quote_non_finite_tokens(text: &str) -> Option<String> {
             continue;
         }
         let boundary_before = i == 0 || !bytes[i - 1].is_ascii_alphanumeric();
+        // Compared as bytes: `i` may be inside a multi-byte character (a BOM, an `é` outside a
+        // string), where slicing the `str` would panic.
         let token = ["-Infinity", "Infinity", "NaN"].into_iter().find(|t| {
-            text[i..].starts_with(t)
+            bytes[i..].starts_with(t.as_bytes())
                 && !bytes
                     .get(i + t.len())
                     .is_some_and(|c| c.is_ascii_alphanumeric())

@@ -8,11 +8,13 @@
 //! - [`config`]: clap blocks both binaries flatten.
 //! - [`telemetry`]: log set-up and the Prometheus text encoder.
 //! - [`shutdown`]: SIGTERM/SIGINT into a cancellation token.
+//! - [`http`]: the HTTP server loop with its timeouts, and bounded body reads.
 //!
 //! This crate knows no HTTP route and no SQL.
 
 pub mod backbone;
 pub mod config;
+pub mod http;
 pub mod ingest;
 pub mod keys;
 pub mod names;

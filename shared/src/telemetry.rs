@@ -24,6 +24,52 @@ where
             .try_init(),
         LogFormat::Pretty => builder.pretty().try_init(),
     };
+    log_panics();
+}
+
+/// Reports a panic as one log line in the configured format instead of the default plain-text
+/// message on standard error, which log shippers would not parse. The message is cut short: a
+/// panic's text may quote the input that caused it, and a log line must stay bounded.
+fn log_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let message: String = message.chars().take(200).collect();
+            let location = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            tracing::error!(
+                module = "panic",
+                operation = "panic",
+                status = "panicked",
+                %location,
+                panic = %message,
+                "A task panicked; it was stopped, the process goes on."
+            );
+        }));
+    });
+}
+
+/// The answer to a request whose handler panicked: the one error shape with status 500, and
+/// nothing about the cause (the panic hook logged it). For `CatchPanicLayer::custom`.
+pub fn panic_response(
+    _payload: Box<dyn std::any::Any + Send + 'static>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    (
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        axum::Json(serde_json::json!({
+            "error": { "code": "internal", "message": "internal error" }
+        })),
+    )
+        .into_response()
 }
 
 /// Renders a registry in the Prometheus text format.

@@ -6,9 +6,10 @@ use crate::ingest::IngestError;
 use crate::observability::DeviceAuthRefused;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::Serialize;
+use shared::http::{BodyReadError, BodyTimeout};
 use shared::ingest::Rejection;
 use shared::wire::Channel;
 use std::net::{IpAddr, SocketAddr};
@@ -84,7 +85,8 @@ pub fn client_ip(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> IpA
         (status = 202, description = "At least one reading valid and stored", body = IngestResponse),
         (status = 400, description = "`invalid_body`: empty, not JSON, not one of the three shapes, or a bad `Idempotency-Key`", body = crate::openapi::IngestErrorBody),
         (status = 401, description = "`unauthorized`: a missing, unknown, wrong or disabled key", body = crate::openapi::IngestErrorBody),
-        (status = 413, description = "`payload_too_large`: over the body size or readings limit", body = crate::openapi::IngestErrorBody),
+        (status = 408, description = "`request_timeout`: the body did not arrive within `HTTP_BODY_TIMEOUT_SECS` (default 30 s) of the request head", body = crate::openapi::IngestErrorBody),
+        (status = 413, description = "`payload_too_large`: over the body size or readings limit (a `Content-Length` over the size limit is refused before the body is read)", body = crate::openapi::IngestErrorBody),
         (status = 422, description = "`no_valid_readings` (with `rejected`) or `no_readings` (an empty list)", body = crate::openapi::IngestErrorBody),
         (status = 429, description = "`rate_limited`: over the device's rate, or too many failed authentications from the address", body = crate::openapi::IngestErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
@@ -95,6 +97,7 @@ pub fn client_ip(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> IpA
 pub async fn post_ingest(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(BodyTimeout(body_timeout)): Extension<BodyTimeout>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<IngestResponse>), GatewayError> {
@@ -149,20 +152,20 @@ pub async fn post_ingest(
             .inc();
     })?;
     let limit = state.ingestor.limits.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        state
-            .metrics
-            .ingest_requests
-            .with_label_values(&["http", "rejected"])
-            .inc();
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            GatewayError::PayloadTooLarge(format!("the body is over the limit of {limit} bytes"))
-        } else {
-            GatewayError::BadRequest(format!("the body could not be read: {e}"))
-        }
-    })?;
+    let bytes = shared::http::read_body(&headers, body, limit, body_timeout)
+        .await
+        .map_err(|e| {
+            state
+                .metrics
+                .ingest_requests
+                .with_label_values(&["http", "rejected"])
+                .inc();
+            match e {
+                BodyReadError::TooLarge { .. } => GatewayError::PayloadTooLarge(e.to_string()),
+                BodyReadError::Timeout(_) => GatewayError::RequestTimeout(e.to_string()),
+                BodyReadError::Broken(_) => GatewayError::BadRequest(e.to_string()),
+            }
+        })?;
     let accepted = state
         .ingestor
         .ingest(

@@ -2,7 +2,7 @@
 
 use crate::AppState;
 use crate::api::devices::Page;
-use crate::api::extract::{Json, Path, Query};
+use crate::api::extract::{Json, Path, Query, RawBody};
 use crate::api::readings::parse_time;
 use crate::api::rules::{
     check_limit, check_metric_filter, format_cursor, parse_cursor, parse_uuid,
@@ -11,7 +11,6 @@ use crate::auth::{AdminUser, CurrentUser};
 use crate::error::{ApiError, ErrorBody};
 use crate::rules::{RuleType, Severity};
 use crate::storage::alerts::{AlertRow, ListQuery};
-use axum::body::Bytes;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -275,7 +274,7 @@ async fn resolve(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
     Path(id): Path<Uuid>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Json<AlertResponse>, ApiError> {
     let note = if body.iter().all(u8::is_ascii_whitespace) {
         None

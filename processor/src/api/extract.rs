@@ -15,7 +15,7 @@ pub struct Json<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
         let (parts, body) = req.into_parts();
         // Content type first, so that a body sent as something else is refused as before.
         if !is_json(&parts.headers) {
@@ -23,9 +23,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
                 "Expected request with `Content-Type: application/json`".into(),
             ));
         }
-        let bytes = axum::body::Bytes::from_request(Request::from_parts(parts, body), state)
-            .await
-            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let bytes = read_body(&parts, body).await?;
         // Another JSON value is the wrong shape (422); what is not JSON at all is left to serde,
         // whose syntax error says where (400).
         if let Some(b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n') =
@@ -41,6 +39,42 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
             Err(e) => Err(ApiError::BadRequest(e.body_text())),
         }
     }
+}
+
+/// A raw body within the same limits as [`Json`], for handlers that parse it themselves.
+pub struct RawBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        read_body(&parts, body).await.map(RawBody)
+    }
+}
+
+/// The largest request body of the API: its bodies are a few fields each.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// A whole request body within [`MAX_BODY_BYTES`] and the configured body timeout (the
+/// router's `BodyTimeout` extension), with the answer for each way that fails (413 before
+/// reading when `Content-Length` says too much, 408, 400).
+pub async fn read_body(
+    parts: &Parts,
+    body: axum::body::Body,
+) -> Result<axum::body::Bytes, ApiError> {
+    use shared::http::{BodyReadError, BodyTimeout};
+    let timeout = parts
+        .extensions
+        .get::<BodyTimeout>()
+        .map(|t| t.0)
+        .unwrap_or(std::time::Duration::from_secs(30));
+    shared::http::read_body(&parts.headers, body, MAX_BODY_BYTES, timeout)
+        .await
+        .map_err(|e| match e {
+            BodyReadError::TooLarge { .. } => ApiError::PayloadTooLarge(e.to_string()),
+            BodyReadError::Timeout(_) => ApiError::RequestTimeout(e.to_string()),
+            BodyReadError::Broken(_) => ApiError::BadRequest(e.to_string()),
+        })
 }
 
 /// `application/json` or any `application/*+json`, as axum's own `Json` accepts.

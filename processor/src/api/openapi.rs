@@ -67,6 +67,14 @@ impl Modify for CommonAnswers {
         );
         for item in doc.paths.paths.values_mut() {
             for op in operations(item) {
+                if op.request_body.is_some() {
+                    add_error(
+                        op,
+                        "408",
+                        "`request_timeout`: the body did not arrive within `HTTP_BODY_TIMEOUT_SECS` (default 30 s) of the request head",
+                    );
+                    add_error(op, "413", "`payload_too_large`: the body is over 1 MiB");
+                }
                 if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
                     add_error(
                         op,

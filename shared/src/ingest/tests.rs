@@ -70,6 +70,21 @@ fn whole_body_faults_are_errors_of_the_body() {
         let err = run(body).unwrap_err();
         assert!(ok(&err), "{body:?} gave {err:?}");
     }
+    // Multi-byte characters where JSON allows none (a byte-order mark, a stray letter after a
+    // value) are a body that is not JSON, not a panic.
+    for body in [
+        "\u{feff}{\"metric\":\"bom\",\"value\":1}",
+        r#"{"metric":"x","value":1é}"#,
+        "é",
+        "[NaN, ü]",
+        "ü NaN",
+    ] {
+        assert!(
+            matches!(run(body), Err(BodyError::NotJson(_))),
+            "{body:?} gave {:?}",
+            run(body)
+        );
+    }
     assert!(matches!(
         parse(&[0xff, 0xfe], NOW, &Limits::default()),
         Err(BodyError::NotJson(_))
@@ -316,4 +331,20 @@ fn a_full_sized_batch_just_under_the_limits_is_accepted() {
     assert!(body.len() < 1024 * 1024);
     let parsed = run(&body).unwrap();
     assert_eq!(parsed.readings.len(), 10_000);
+}
+
+/// No input panics the parser: every prefix, cut at every byte, of bodies that mix multi-byte
+/// characters with the tokens the non-finite repair looks for.
+#[test]
+fn no_prefix_of_a_body_with_multibyte_characters_panics() {
+    let bodies = [
+        r#"{"readings":[{"metric":"é","value":NaN,"ts":"2026-12-03T09:00:00Z"},{"metric":"m","value":-Infinity}]}"#,
+        "\u{feff}[{\"metric\":\"m\",\"value\":1} ü NaN, \"ß\\\"\", Infinity]",
+        "[\"日本語\", NaN, \"\u{1F600}\" Infinity]",
+    ];
+    for body in bodies {
+        for cut in 0..=body.len() {
+            let _ = parse(&body.as_bytes()[..cut], NOW, &Limits::default());
+        }
+    }
 }

@@ -104,6 +104,20 @@ async fn every_refusal_has_its_status_and_the_one_error_shape() {
             "invalid_body",
         ),
         (
+            "a byte-order mark before the JSON",
+            Some(d.key.as_str()),
+            format!("\u{feff}{good}"),
+            400,
+            "invalid_body",
+        ),
+        (
+            "a non-ASCII letter outside a string",
+            Some(d.key.as_str()),
+            r#"{"metric":"t","value":1é}"#.into(),
+            400,
+            "invalid_body",
+        ),
+        (
             "none valid",
             Some(d.key.as_str()),
             r#"[{"metric":"t","value":"x"}]"#.into(),

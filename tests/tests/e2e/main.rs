@@ -14,3 +14,4 @@ mod recovery;
 mod replay;
 mod rules;
 mod security;
+mod slow_clients;

@@ -105,8 +105,8 @@ impl IngestLimitArgs {
         shared::ingest::Limits {
             max_body_bytes: self.max_body_bytes,
             max_readings: self.max_readings,
-            future_skew_ms: self.max_future_skew_secs.saturating_mul(1000),
-            horizon_ms: self.ts_horizon.timestamp_millis(),
+            future_skew_us: self.max_future_skew_secs.saturating_mul(1_000_000),
+            horizon_us: self.ts_horizon.timestamp_micros(),
         }
     }
 }

@@ -53,11 +53,11 @@ impl Ingestor {
         device_id: Uuid,
         channel: Channel,
         body: &[u8],
-        received_at_ms: i64,
+        received_at_us: i64,
         idempotency_key: Option<&str>,
     ) -> Result<Accepted, IngestError> {
         let result = self
-            .ingest_inner(device_id, channel, body, received_at_ms, idempotency_key)
+            .ingest_inner(device_id, channel, body, received_at_us, idempotency_key)
             .await;
         let (outcome, accepted, rejected, duplicate) = match &result {
             Ok(a) => ("accepted", a.accepted, a.rejected.len(), a.duplicate),
@@ -83,10 +83,10 @@ impl Ingestor {
         device_id: Uuid,
         channel: Channel,
         body: &[u8],
-        received_at_ms: i64,
+        received_at_us: i64,
         idempotency_key: Option<&str>,
     ) -> Result<Accepted, IngestError> {
-        let parsed = shared::ingest::parse(body, received_at_ms, &self.limits)?;
+        let parsed = shared::ingest::parse(body, received_at_us, &self.limits)?;
         if parsed.readings.is_empty() {
             return Err(if parsed.rejected.is_empty() {
                 IngestError::NoReadings
@@ -98,7 +98,7 @@ impl Ingestor {
         let batch = Batch {
             device_id,
             channel,
-            received_at_ms,
+            received_at_us,
             readings: parsed.readings,
         };
         let msg_id = idempotency_key.map(|k| format!("{device_id}:{k}"));

@@ -202,7 +202,7 @@ mod tests {
             r#"{"metric":"t","value":1.5}"#,
         ] {
             let _: IngestBody = serde_json::from_str(body).unwrap();
-            let parsed = shared::ingest::parse(body.as_bytes(), 1_796_292_000_000, &limits)
+            let parsed = shared::ingest::parse(body.as_bytes(), 1_796_292_000_000_000, &limits)
                 .unwrap_or_else(|e| panic!("{body}: {e}"));
             assert_eq!(parsed.readings.len(), 1, "{body}");
             assert!(parsed.rejected.is_empty(), "{body}: {:?}", parsed.rejected);

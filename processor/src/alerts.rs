@@ -174,7 +174,7 @@ pub fn collect(index: &RuleIndex, batches: &[Batch]) -> BTreeMap<Uuid, Vec<Point
                 continue;
             }
             // The consumer refused out-of-range timestamps before storing the batch.
-            let Some(ts) = DateTime::from_timestamp_millis(r.ts_ms) else {
+            let Some(ts) = DateTime::from_timestamp_micros(r.ts_us) else {
                 continue;
             };
             for id in rules {

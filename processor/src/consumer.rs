@@ -81,10 +81,10 @@ fn decode_valid(bytes: &[u8]) -> Result<Batch, Poison> {
         if !shared::ingest::valid_metric(&r.metric) {
             return Err(Poison::Invalid("invalid metric name".into()));
         }
-        if DateTime::<Utc>::from_timestamp_millis(r.ts_ms).is_none() {
+        if DateTime::<Utc>::from_timestamp_micros(r.ts_us).is_none() {
             return Err(Poison::Invalid(format!(
-                "timestamp {} out of range",
-                r.ts_ms
+                "timestamp {} µs out of range",
+                r.ts_us
             )));
         }
     }
@@ -182,14 +182,14 @@ impl Writer {
         let started = Instant::now();
         match self.write(&batches).await {
             Ok((inserted, total)) => {
-                let received: Vec<i64> = batches.iter().map(|b| b.received_at_ms).collect();
+                let received: Vec<i64> = batches.iter().map(|b| b.received_at_us).collect();
                 BatchStored {
                     messages: batches.len(),
                     readings: total,
                     inserted,
                     elapsed: started.elapsed(),
-                    received_at_ms: &received,
-                    committed_at_ms: shared::now_ms(),
+                    received_at_us: &received,
+                    committed_at_us: shared::now_us(),
                 }
                 .emit(&self.metrics);
                 self.touch_devices(&batches).await;
@@ -262,7 +262,7 @@ impl Writer {
                 for r in &b.readings {
                     let key = (b.device_id, r.metric.clone());
                     let (Some(&id), Some(ts)) =
-                        (cache.get(&key), DateTime::from_timestamp_millis(r.ts_ms))
+                        (cache.get(&key), DateTime::from_timestamp_micros(r.ts_us))
                     else {
                         return Err(sqlx::Error::Protocol(format!(
                             "series for {} / {} was not created",
@@ -283,7 +283,7 @@ impl Writer {
         let seen: Vec<(Uuid, DateTime<Utc>)> = batches
             .iter()
             .filter_map(|b| {
-                DateTime::from_timestamp_millis(b.received_at_ms).map(|t| (b.device_id, t))
+                DateTime::from_timestamp_micros(b.received_at_us).map(|t| (b.device_id, t))
             })
             .collect();
         if let Err(e) = storage::devices::touch_last_seen(&self.db, seen).await {
@@ -318,10 +318,10 @@ mod tests {
         let mut batch = Batch {
             device_id: Uuid::new_v4(),
             channel: Channel::Http,
-            received_at_ms: 0,
+            received_at_us: 0,
             readings: vec![Reading {
                 metric: "m".into(),
-                ts_ms: 1_700_000_000_000,
+                ts_us: 1_700_000_000_000_000,
                 value: 1.0,
             }],
         };

@@ -194,8 +194,8 @@ pub struct BatchStored<'a> {
     pub inserted: u64,
     pub elapsed: Duration,
     /// When the gateway received each message, for the end-to-end latency.
-    pub received_at_ms: &'a [i64],
-    pub committed_at_ms: i64,
+    pub received_at_us: &'a [i64],
+    pub committed_at_us: i64,
 }
 
 impl BatchStored<'_> {
@@ -207,10 +207,10 @@ impl BatchStored<'_> {
         metrics
             .readings_duplicate
             .inc_by(self.readings.saturating_sub(self.inserted));
-        for received in self.received_at_ms {
+        for received in self.received_at_us {
             metrics
                 .ingest_latency_seconds
-                .observe((self.committed_at_ms - received).max(0) as f64 / 1000.0);
+                .observe((self.committed_at_us - received).max(0) as f64 / 1e6);
         }
         // Per batch, not per reading, and at debug: a busy processor writes many per second.
         tracing::debug!(

@@ -11,29 +11,31 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 /// Limits applied to every body, whichever channel it came on.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_body_bytes: usize,
     pub max_readings: usize,
-    /// How far in the future a timestamp may be, for devices whose clocks run fast.
-    pub future_skew_ms: i64,
-    /// Nothing older than this is accepted (epoch ms). Default 2000-01-01 so that years-old real
+    /// How far in the future a timestamp may be (µs), for devices whose clocks run fast.
+    pub future_skew_us: i64,
+    /// Nothing older than this is accepted (epoch µs). Default 2000-01-01 so that years-old real
     /// data replays as it is, while epoch *seconds* sent as milliseconds (1970) are caught.
-    pub horizon_ms: i64,
+    pub horizon_us: i64,
 }
 
-/// 2000-01-01T00:00:00Z in epoch milliseconds.
-pub const DEFAULT_HORIZON_MS: i64 = 946_684_800_000;
+/// 2000-01-01T00:00:00Z in epoch microseconds.
+pub const DEFAULT_HORIZON_US: i64 = 946_684_800_000_000;
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_body_bytes: 1024 * 1024,
             max_readings: 10_000,
-            future_skew_ms: 5 * 60 * 1000,
-            horizon_ms: DEFAULT_HORIZON_MS,
+            future_skew_us: 5 * 60 * 1_000_000,
+            horizon_us: DEFAULT_HORIZON_US,
         }
     }
 }
@@ -67,8 +69,9 @@ pub enum BodyError {
     TooManyReadings { count: usize, limit: usize },
 }
 
-/// Parses and validates a body received at `now_ms`.
-pub fn parse(body: &[u8], now_ms: i64, limits: &Limits) -> Result<Parsed, BodyError> {
+/// Parses and validates a body received at `now_us` (epoch µs), the time of readings that carry
+/// none.
+pub fn parse(body: &[u8], now_us: i64, limits: &Limits) -> Result<Parsed, BodyError> {
     if body.len() > limits.max_body_bytes {
         return Err(BodyError::TooLarge {
             size: body.len(),
@@ -101,13 +104,59 @@ pub fn parse(body: &[u8], now_ms: i64, limits: &Limits) -> Result<Parsed, BodyEr
         readings: Vec::with_capacity(items.len()),
         rejected: Vec::new(),
     };
+    let mut indexes = Vec::with_capacity(items.len());
     for (index, raw) in items.into_iter().enumerate() {
-        match parse_reading(raw, now_ms, limits) {
-            Ok(r) => parsed.readings.push(r),
+        match parse_reading(raw, now_us, limits) {
+            Ok(r) => {
+                parsed.readings.push(r);
+                indexes.push(index);
+            }
             Err(error) => parsed.rejected.push(Rejection { index, error }),
         }
     }
+    reject_repeats(&mut parsed, &indexes);
     Ok(parsed)
+}
+
+/// A series holds one value per timestamp, so storage keeps the first of two readings with the
+/// same metric and time and drops the other. Within one body that would be a reading counted as
+/// accepted and never stored; it is refused here instead, naming the reading it repeats. (The
+/// usual cause: several readings of one metric without `ts`, which all take the receive time.)
+fn reject_repeats(parsed: &mut Parsed, indexes: &[usize]) {
+    let mut first: HashMap<(&str, i64), usize> = HashMap::with_capacity(parsed.readings.len());
+    let mut repeats: Vec<(usize, usize)> = Vec::new();
+    for (k, r) in parsed.readings.iter().enumerate() {
+        match first.entry((r.metric.as_str(), r.ts_us)) {
+            Entry::Occupied(e) => repeats.push((k, *e.get())),
+            Entry::Vacant(e) => {
+                e.insert(indexes[k]);
+            }
+        }
+    }
+    drop(first);
+    if repeats.is_empty() {
+        return;
+    }
+    for &(k, of) in &repeats {
+        let r = &parsed.readings[k];
+        parsed.rejected.push(Rejection {
+            index: indexes[k],
+            error: format!(
+                "reading {of} has the same metric {} and ts {}: a series has one value per \
+                 timestamp (readings without ts take the receive time; give each its own ts)",
+                r.metric,
+                rfc3339(r.ts_us)
+            ),
+        });
+    }
+    let mut drop_at = repeats.iter().map(|&(k, _)| k).peekable();
+    let mut k = 0;
+    parsed.readings.retain(|_| {
+        let keep = drop_at.next_if_eq(&k).is_none();
+        k += 1;
+        keep
+    });
+    parsed.rejected.sort_by_key(|r| r.index);
 }
 
 fn top_level_readings(text: &str) -> Result<Vec<&RawValue>, BodyError> {
@@ -151,7 +200,7 @@ struct RawReading<'a> {
     ts: Option<&'a RawValue>,
 }
 
-fn parse_reading(raw: &RawValue, now_ms: i64, limits: &Limits) -> Result<Reading, String> {
+fn parse_reading(raw: &RawValue, now_us: i64, limits: &Limits) -> Result<Reading, String> {
     if !raw.get().starts_with('{') {
         return Err(format!(
             "a reading must be a JSON object, got {}",
@@ -162,10 +211,10 @@ fn parse_reading(raw: &RawValue, now_ms: i64, limits: &Limits) -> Result<Reading
         serde_json::from_str(raw.get()).map_err(|e| format!("unreadable reading: {e}"))?;
     let metric = parse_metric(r.metric)?;
     let value = parse_value(r.value)?;
-    let ts_ms = parse_ts(r.ts, now_ms, limits)?;
+    let ts_us = parse_ts(r.ts, now_us, limits)?;
     Ok(Reading {
         metric,
-        ts_ms,
+        ts_us,
         value,
     })
 }
@@ -239,12 +288,15 @@ fn parse_value(raw: Option<&RawValue>) -> Result<f64, String> {
     }
 }
 
-fn parse_ts(raw: Option<&RawValue>, now_ms: i64, limits: &Limits) -> Result<i64, String> {
+/// The reading's time in epoch µs: RFC 3339 with an offset (to the microsecond, what
+/// PostgreSQL stores; finer digits are dropped), integer epoch milliseconds, or the receive time
+/// when absent.
+fn parse_ts(raw: Option<&RawValue>, now_us: i64, limits: &Limits) -> Result<i64, String> {
     let Some(raw) = raw.filter(|r| r.get() != "null") else {
-        return Ok(now_ms);
+        return Ok(now_us);
     };
     let text = raw.get();
-    let ts_ms = match text.as_bytes().first() {
+    let ts_us = match text.as_bytes().first() {
         Some(b'"') => {
             let s: String = serde_json::from_str(text).unwrap_or_default();
             DateTime::parse_from_rfc3339(&s)
@@ -254,7 +306,7 @@ fn parse_ts(raw: Option<&RawValue>, now_ms: i64, limits: &Limits) -> Result<i64,
                         shorten(text)
                     )
                 })?
-                .timestamp_millis()
+                .timestamp_micros()
         }
         Some(b'-' | b'0'..=b'9') => {
             let ms: i64 = text.parse().map_err(|_| {
@@ -263,19 +315,23 @@ fn parse_ts(raw: Option<&RawValue>, now_ms: i64, limits: &Limits) -> Result<i64,
                     shorten(text)
                 )
             })?;
-            if ms < limits.horizon_ms
-                && let Some(as_seconds) = ms.checked_mul(1000)
-                && as_seconds >= limits.horizon_ms
-                && as_seconds <= now_ms + limits.future_skew_ms
+            let us = ms
+                .checked_mul(1000)
+                .ok_or_else(|| format!("ts {ms} is out of range as epoch milliseconds"))?;
+            if us < limits.horizon_us
+                && let Some(as_seconds) = us.checked_mul(1000)
+                && as_seconds >= limits.horizon_us
+                && as_seconds <= now_us.saturating_add(limits.future_skew_us)
             {
                 return Err(format!(
                     "ts {ms} is read as epoch milliseconds, which is {} in 1970, before the horizon {}; \
-                     it looks like epoch seconds: send milliseconds ({as_seconds})",
-                    rfc3339(ms),
-                    rfc3339(limits.horizon_ms)
+                     it looks like epoch seconds: send milliseconds ({})",
+                    rfc3339(us),
+                    rfc3339(limits.horizon_us),
+                    as_seconds / 1000
                 ));
             }
-            ms
+            us
         }
         _ => {
             return Err(format!(
@@ -284,29 +340,29 @@ fn parse_ts(raw: Option<&RawValue>, now_ms: i64, limits: &Limits) -> Result<i64,
             ));
         }
     };
-    if ts_ms > now_ms.saturating_add(limits.future_skew_ms) {
+    if ts_us > now_us.saturating_add(limits.future_skew_us) {
         return Err(format!(
-            "ts {} is in the future: {} s ahead of the gateway's clock, more than the allowed skew of {} s",
-            rfc3339(ts_ms),
-            (ts_ms - now_ms) / 1000,
-            limits.future_skew_ms / 1000
+            "ts {} is in the future: {:.1} s ahead of the gateway's clock, more than the allowed skew of {} s",
+            rfc3339(ts_us),
+            (ts_us - now_us) as f64 / 1e6,
+            limits.future_skew_us / 1_000_000
         ));
     }
-    if ts_ms < limits.horizon_ms {
+    if ts_us < limits.horizon_us {
         return Err(format!(
             "ts {} is before the horizon {}",
-            rfc3339(ts_ms),
-            rfc3339(limits.horizon_ms)
+            rfc3339(ts_us),
+            rfc3339(limits.horizon_us)
         ));
     }
-    Ok(ts_ms)
+    Ok(ts_us)
 }
 
-/// Formats epoch ms as RFC 3339 UTC, for messages and API answers.
-pub fn rfc3339(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
+/// Formats epoch µs as RFC 3339 UTC, for messages and API answers.
+pub fn rfc3339(us: i64) -> String {
+    DateTime::<Utc>::from_timestamp_micros(us)
         .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
-        .unwrap_or_else(|| format!("{ms} ms"))
+        .unwrap_or_else(|| format!("{us} µs"))
 }
 
 fn kind_of(json: &str) -> &'static str {

@@ -22,7 +22,8 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod wire;
 
-/// Milliseconds since the Unix epoch, the one time unit on the wire.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+/// Microseconds since the Unix epoch, the one time unit on the wire (and PostgreSQL's
+/// resolution), so that readings sent without a timestamp in quick succession keep apart.
+pub fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
 }

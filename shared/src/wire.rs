@@ -8,8 +8,9 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// The format version written by this build.
-pub const WIRE_VERSION: u8 = 1;
+/// The format version written by this build. Version 2 carries times in microseconds (the
+/// resolution PostgreSQL stores); version 1 carried milliseconds and is still read.
+pub const WIRE_VERSION: u8 = 2;
 
 /// How a batch reached the hub; carried for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,11 +28,11 @@ impl Channel {
     }
 }
 
-/// One validated reading. `ts_ms` is epoch milliseconds in UTC.
+/// One validated reading. `ts_us` is epoch microseconds in UTC.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
     pub metric: String,
-    pub ts_ms: i64,
+    pub ts_us: i64,
     pub value: f64,
 }
 
@@ -40,9 +41,29 @@ pub struct Reading {
 pub struct Batch {
     pub device_id: Uuid,
     pub channel: Channel,
-    /// When the gateway received the request: the start of the end-to-end latency measurement.
-    pub received_at_ms: i64,
+    /// When the gateway received the request (epoch µs): the time of readings sent without
+    /// one, and the start of the end-to-end latency measurement.
+    pub received_at_us: i64,
     pub readings: Vec<Reading>,
+}
+
+/// Version 1 of the format, read so that batches a gateway of the previous release left in the
+/// stream are stored after a processor upgrade.
+mod v1 {
+    #[derive(serde::Deserialize)]
+    pub struct Reading {
+        pub metric: String,
+        pub ts_ms: i64,
+        pub value: f64,
+    }
+
+    #[derive(serde::Deserialize)]
+    pub struct Batch {
+        pub device_id: uuid::Uuid,
+        pub channel: super::Channel,
+        pub received_at_ms: i64,
+        pub readings: Vec<Reading>,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,10 +94,37 @@ pub fn encode(batch: &Batch) -> Vec<u8> {
 /// Decodes a message; any error is permanent for that message (retrying cannot help).
 pub fn decode(bytes: &[u8]) -> Result<Batch, DecodeError> {
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-    if version != WIRE_VERSION {
-        return Err(DecodeError::UnsupportedVersion(version));
+    match version {
+        WIRE_VERSION => decode_body(body),
+        1 => {
+            let old: v1::Batch = decode_body(body)?;
+            let us = |ms: i64| {
+                ms.checked_mul(1000)
+                    .ok_or_else(|| DecodeError::Malformed(format!("time {ms} ms out of range")))
+            };
+            Ok(Batch {
+                device_id: old.device_id,
+                channel: old.channel,
+                received_at_us: us(old.received_at_ms)?,
+                readings: old
+                    .readings
+                    .into_iter()
+                    .map(|r| {
+                        Ok(Reading {
+                            metric: r.metric,
+                            ts_us: us(r.ts_ms)?,
+                            value: r.value,
+                        })
+                    })
+                    .collect::<Result<_, DecodeError>>()?,
+            })
+        }
+        other => Err(DecodeError::UnsupportedVersion(other)),
     }
-    let (batch, used): (Batch, usize) = bincode::serde::decode_from_slice(body, config())
+}
+
+fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
+    let (value, used): (T, usize) = bincode::serde::decode_from_slice(body, config())
         .map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if used != body.len() {
         return Err(DecodeError::Malformed(format!(
@@ -84,7 +132,7 @@ pub fn decode(bytes: &[u8]) -> Result<Batch, DecodeError> {
             body.len() - used
         )));
     }
-    Ok(batch)
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -95,21 +143,21 @@ mod tests {
         Batch {
             device_id: Uuid::new_v4(),
             channel: Channel::Mqtt,
-            received_at_ms: 1_700_000_000_123,
+            received_at_us: 1_700_000_000_123_456,
             readings: vec![
                 Reading {
                     metric: "temperature".into(),
-                    ts_ms: 1_423_000_000_000,
+                    ts_us: 1_423_000_000_000_001,
                     value: 24.3566666666667,
                 },
                 Reading {
                     metric: "humidity_ratio".into(),
-                    ts_ms: -5,
+                    ts_us: -5,
                     value: 0.00476416302416414,
                 },
                 Reading {
                     metric: "x".into(),
-                    ts_ms: i64::MAX,
+                    ts_us: i64::MAX,
                     value: -1e300,
                 },
             ],
@@ -129,6 +177,35 @@ mod tests {
     #[test]
     fn the_first_byte_is_the_version() {
         assert_eq!(encode(&sample())[0], WIRE_VERSION);
+    }
+
+    /// A batch a gateway of the previous release wrote (version 1, milliseconds) is read with
+    /// its times in microseconds.
+    #[test]
+    fn a_version_1_batch_is_read_with_its_times_in_microseconds() {
+        #[derive(Serialize)]
+        struct R<'a>(&'a str, i64, f64);
+        #[derive(Serialize)]
+        struct B<'a>(Uuid, Channel, i64, Vec<R<'a>>);
+        let id = Uuid::new_v4();
+        let old = B(
+            id,
+            Channel::Http,
+            1_700_000_000_123,
+            vec![R("t", 1_423_000_000_007, 1.5)],
+        );
+        let mut bytes = vec![1u8];
+        bincode::serde::encode_into_std_write(&old, &mut bytes, config()).unwrap();
+        let batch = decode(&bytes).unwrap();
+        assert_eq!(batch.device_id, id);
+        assert_eq!(batch.received_at_us, 1_700_000_000_123_000);
+        assert_eq!(batch.readings[0].ts_us, 1_423_000_000_007_000);
+        assert_eq!(batch.readings[0].value, 1.5);
+        // A version 1 time that overflows in microseconds is malformed, not wrapped.
+        let huge = B(id, Channel::Http, 0, vec![R("t", i64::MAX, 1.0)]);
+        let mut bytes = vec![1u8];
+        bincode::serde::encode_into_std_write(&huge, &mut bytes, config()).unwrap();
+        assert!(matches!(decode(&bytes), Err(DecodeError::Malformed(_))));
     }
 
     #[test]

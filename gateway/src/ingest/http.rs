@@ -101,7 +101,7 @@ pub async fn post_ingest(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<IngestResponse>), GatewayError> {
-    let received_at_ms = shared::now_ms();
+    let received_at_us = shared::now_us();
     let ip = client_ip(&state, &headers, peer);
     if let Some(retry_after_secs) = state.auth_failures.blocked_for(ip) {
         state
@@ -172,7 +172,7 @@ pub async fn post_ingest(
             device_id,
             Channel::Http,
             &bytes,
-            received_at_ms,
+            received_at_us,
             idempotency_key,
         )
         .await

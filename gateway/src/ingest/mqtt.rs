@@ -1021,7 +1021,7 @@ impl Connection {
                 publish.topic.chars().take(200).collect(),
             ));
         }
-        let received_at_ms = shared::now_ms();
+        let received_at_us = shared::now_us();
         let shared = self.shared.clone();
         let device_id = bound.device_id;
         match publish.qos {
@@ -1030,7 +1030,7 @@ impl Connection {
                     shared,
                     device_id,
                     publish.payload,
-                    received_at_ms,
+                    received_at_us,
                 )));
             }
             QoS::AtLeastOnce => {
@@ -1043,7 +1043,7 @@ impl Connection {
                         dup: publish.dup,
                         key,
                         payload: publish.payload,
-                        received_at_ms,
+                        received_at_us,
                     },
                 )));
             }
@@ -1147,7 +1147,7 @@ struct Qos1 {
     dup: bool,
     key: String,
     payload: Bytes,
-    received_at_ms: i64,
+    received_at_us: i64,
 }
 
 /// Stores a QoS 1 message and yields its packet id for the PUBACK once it is stored, or once it
@@ -1160,7 +1160,7 @@ async fn publish_qos1(shared: Arc<Shared>, device_id: Uuid, msg: Qos1) -> Option
         dup,
         mut key,
         payload,
-        received_at_ms,
+        received_at_us,
     } = msg;
     let mut first_attempt = true;
     let mut republished = false;
@@ -1174,7 +1174,7 @@ async fn publish_qos1(shared: Arc<Shared>, device_id: Uuid, msg: Qos1) -> Option
                 device_id,
                 Channel::Mqtt,
                 &payload,
-                received_at_ms,
+                received_at_us,
                 Some(&key),
             )
             .await;
@@ -1226,11 +1226,11 @@ async fn publish_qos0(
     shared: Arc<Shared>,
     device_id: Uuid,
     payload: Bytes,
-    received_at_ms: i64,
+    received_at_us: i64,
 ) -> Option<u16> {
     let result = shared
         .ingestor
-        .ingest(device_id, Channel::Mqtt, &payload, received_at_ms, None)
+        .ingest(device_id, Channel::Mqtt, &payload, received_at_us, None)
         .await;
     match result {
         Ok(accepted) if !accepted.rejected.is_empty() => {

@@ -426,12 +426,12 @@ mod database {
         Batch {
             device_id,
             channel: Channel::Http,
-            received_at_ms: T0,
+            received_at_us: T0 * 1000,
             readings: readings
                 .iter()
                 .map(|&(i, value)| Reading {
                     metric: "m".into(),
-                    ts_ms: T0 + i * 1000,
+                    ts_us: (T0 + i * 1000) * 1000,
                     value,
                 })
                 .collect(),

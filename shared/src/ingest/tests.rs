@@ -2,8 +2,10 @@
 
 use super::*;
 
-/// 2026-12-03T10:00:00Z, the receive time in every test.
-const NOW: i64 = 1_796_292_000_000;
+/// 2026-12-03T10:00:00Z, the receive time in every test, in the epoch milliseconds bodies use
+/// and in the microseconds readings carry.
+const NOW_MS: i64 = 1_796_292_000_000;
+const NOW: i64 = NOW_MS * 1000;
 
 fn run(body: &str) -> Result<Parsed, BodyError> {
     parse(body.as_bytes(), NOW, &Limits::default())
@@ -42,7 +44,7 @@ fn the_three_body_shapes_are_accepted() {
         assert_eq!(parsed.readings.len(), 1, "{body}");
         assert_eq!(parsed.readings[0].metric, "temperature");
         assert_eq!(parsed.readings[0].value, 21.5);
-        assert_eq!(parsed.readings[0].ts_ms, NOW - 3_600_000);
+        assert_eq!(parsed.readings[0].ts_us, NOW - 3_600_000_000);
     }
 }
 
@@ -197,17 +199,22 @@ fn timestamps_are_rfc3339_with_offset_or_epoch_milliseconds() {
     for (ts, expected) in [
         (r#""2026-12-03T10:00:00Z""#, NOW),
         (r#""2026-12-03T11:00:00+01:00""#, NOW),
-        (r#""2026-12-03T10:00:00.123456Z""#, NOW + 123),
-        (r#""2015-02-02T14:19:00+01:00""#, 1_422_883_140_000),
-        ("1422883140000", 1_422_883_140_000),
-        ("946684800000", DEFAULT_HORIZON_MS),
+        // Microseconds are kept (PostgreSQL's resolution); finer digits are dropped.
+        (r#""2026-12-03T10:00:00.123456Z""#, NOW + 123_456),
+        (r#""2026-12-03T10:00:00.000001Z""#, NOW + 1),
+        (r#""2026-12-03T10:00:00.123456789Z""#, NOW + 123_456),
+        (r#""2015-02-02T14:19:00+01:00""#, 1_422_883_140_000_000),
+        // A leap second is the first instant of the next minute, as PostgreSQL reads it.
+        (r#""2016-12-31T23:59:60Z""#, 1_483_228_800_000_000),
+        ("1422883140000", 1_422_883_140_000_000),
+        ("946684800000", DEFAULT_HORIZON_US),
         ("null", NOW),
     ] {
         let r = one_ok(&format!(r#"{{"metric":"m","value":1,"ts":{ts}}}"#));
-        assert_eq!(r.ts_ms, expected, "{ts}");
+        assert_eq!(r.ts_us, expected, "{ts}");
     }
     assert_eq!(
-        one_ok(r#"{"metric":"m","value":1}"#).ts_ms,
+        one_ok(r#"{"metric":"m","value":1}"#).ts_us,
         NOW,
         "absent ts is the receive time"
     );
@@ -218,6 +225,8 @@ fn timestamps_are_rfc3339_with_offset_or_epoch_milliseconds() {
         ("1.5e12", "integer of epoch milliseconds"),
         ("1422883140000.5", "integer of epoch milliseconds"),
         ("99999999999999999999", "integer of epoch milliseconds"),
+        ("9223372036854775807", "out of range"),
+        ("-9223372036854775808", "out of range"),
         ("true", "got a boolean"),
         ("-1", "before the horizon"),
         (r#""1999-12-31T23:59:59Z""#, "before the horizon"),
@@ -235,7 +244,7 @@ fn epoch_seconds_are_rejected_with_a_message_that_says_so() {
     )
     .unwrap();
     assert_eq!(parsed.readings.len(), 1);
-    assert_eq!(parsed.readings[0].ts_ms, 1_559_206_140_000);
+    assert_eq!(parsed.readings[0].ts_us, 1_559_206_140_000_000);
     let err = &parsed.rejected[0];
     assert_eq!(err.index, 0);
     assert!(
@@ -255,25 +264,25 @@ fn the_future_is_bounded_by_the_configured_skew() {
     // Case C2.
     let err = one_error(&format!(
         r#"{{"metric":"m","value":1,"ts":{}}}"#,
-        NOW + 3_600_000
+        NOW_MS + 3_600_000
     ));
     assert!(
-        err.contains("in the future") && err.contains("3600 s"),
+        err.contains("in the future") && err.contains("3600.0 s"),
         "{err}"
     );
     one_ok(&format!(
         r#"{{"metric":"m","value":1,"ts":{}}}"#,
-        NOW + 300_000
+        NOW_MS + 300_000
     ));
     one_error(&format!(
         r#"{{"metric":"m","value":1,"ts":{}}}"#,
-        NOW + 300_001
+        NOW_MS + 300_001
     ));
     let limits = Limits {
-        future_skew_ms: 0,
+        future_skew_us: 0,
         ..Limits::default()
     };
-    let body = format!(r#"{{"metric":"m","value":1,"ts":{}}}"#, NOW + 1);
+    let body = format!(r#"{{"metric":"m","value":1,"ts":{}}}"#, NOW_MS + 1);
     assert_eq!(
         parse(body.as_bytes(), NOW, &limits).unwrap().rejected.len(),
         1
@@ -347,4 +356,49 @@ fn no_prefix_of_a_body_with_multibyte_characters_panics() {
             let _ = parse(&body.as_bytes()[..cut], NOW, &Limits::default());
         }
     }
+}
+
+/// Two readings of one metric at one time in one body: the first is accepted, the repeat is
+/// refused by index naming the first, so that `accepted` counts only what will be stored.
+#[test]
+fn a_repeated_metric_and_time_in_one_body_is_refused_naming_the_first() {
+    // Without ts, all three take the receive time; with ts, one repeat among distinct ones;
+    // a leap second lands on the next minute's first instant; sub-microsecond digits collapse.
+    let parsed = run(
+        r#"[{"metric":"a","value":1},{"metric":"a","value":2},{"metric":"b","value":3},
+            {"metric":"a","value":4},{"metric":"c","value":5,"ts":"2016-12-31T23:59:60Z"},
+            {"metric":"c","value":6,"ts":"2017-01-01T00:00:00Z"},
+            {"metric":"d","value":7,"ts":"2026-12-03T09:00:00.0000011Z"},
+            {"metric":"d","value":8,"ts":"2026-12-03T09:00:00.0000012Z"},
+            {"metric":"bad","value":"x"},{"metric":"e","value":9,"ts":1}]"#,
+    )
+    .unwrap();
+    let values: Vec<f64> = parsed.readings.iter().map(|r| r.value).collect();
+    assert_eq!(values, vec![1.0, 3.0, 5.0, 7.0]);
+    let rejected: Vec<usize> = parsed.rejected.iter().map(|r| r.index).collect();
+    assert_eq!(rejected, vec![1, 3, 5, 7, 8, 9], "{:?}", parsed.rejected);
+    assert!(
+        parsed.rejected[0].error.contains("reading 0")
+            && parsed.rejected[0].error.contains("without ts"),
+        "{}",
+        parsed.rejected[0].error
+    );
+    assert!(
+        parsed.rejected[2].error.contains("reading 4"),
+        "{}",
+        parsed.rejected[2].error
+    );
+    assert!(
+        parsed.rejected[3].error.contains("reading 6"),
+        "{}",
+        parsed.rejected[3].error
+    );
+    // The same metric at the same time in two different bodies is not this body's business
+    // (storage keeps the first; see ARCHITECTURE.md), and distinct times are never merged.
+    let two = run(
+        r#"[{"metric":"a","value":1,"ts":"2026-12-03T09:00:00.000001Z"},
+                      {"metric":"a","value":2,"ts":"2026-12-03T09:00:00.000002Z"}]"#,
+    )
+    .unwrap();
+    assert_eq!(two.readings.len(), 2);
 }

@@ -68,6 +68,54 @@ async fn bad_readings_are_rejected_by_index_and_their_neighbours_stored() {
     assert!(values.iter().all(|v| v.is_finite()));
 }
 
+/// What got a 202 is stored, reading for reading: readings without `ts` (which take the
+/// receive time, to the microsecond) sent back to back are all kept, timestamps keep their
+/// microseconds, and a repeat of one metric and time within one body is refused by index
+/// instead of being counted as accepted and merged away by storage.
+#[tokio::test]
+async fn every_accepted_reading_is_stored_including_those_without_ts() {
+    let hub = TestHub::start().await;
+    let token = hub.admin_token().await;
+    let d = hub.create_device(&token, "hasty").await;
+    let mut accepted = 0;
+    for v in 0..20 {
+        let (status, resp) = hub
+            .ingest(&d.key, format!(r#"{{"metric":"no_ts","value":{v}}}"#))
+            .await;
+        assert_eq!(status, 202, "{resp}");
+        accepted += resp["accepted"].as_i64().unwrap();
+    }
+    let (status, resp) = hub
+        .ingest(
+            &d.key,
+            r#"[{"metric":"same","value":1},{"metric":"same","value":2},{"metric":"other","value":3},
+                {"metric":"fine","value":4,"ts":"2026-01-01T00:00:00.000001Z"},
+                {"metric":"fine","value":5,"ts":"2026-01-01T00:00:00.000002Z"},
+                {"metric":"fine","value":6,"ts":"2026-01-01T00:00:00.000002Z"}]"#,
+        )
+        .await;
+    assert_eq!(status, 202, "{resp}");
+    assert_eq!(resp["accepted"], 4, "{resp}");
+    let rejected: Vec<i64> = resp["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["index"].as_i64().unwrap())
+        .collect();
+    assert_eq!(rejected, vec![1, 5], "{resp}");
+    accepted += resp["accepted"].as_i64().unwrap();
+    hub.wait_stored(d.id, accepted).await;
+    let fine: Vec<String> = sqlx::query_scalar(
+        "SELECT to_char(ts AT TIME ZONE 'UTC', 'SS.US') FROM metric_readings
+         WHERE device_id = $1 AND metric_name = 'fine' ORDER BY ts",
+    )
+    .bind(d.id)
+    .fetch_all(&hub.db)
+    .await
+    .unwrap();
+    assert_eq!(fine, vec!["00.000001", "00.000002"]);
+}
+
 /// Statuses for bodies and keys: 400, 401, 413, 422, and the error shape on each.
 #[tokio::test]
 async fn every_refusal_has_its_status_and_the_one_error_shape() {

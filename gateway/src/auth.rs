@@ -222,14 +222,13 @@ async fn bucket_is_empty(store: &kv::Store) -> bool {
     }
 }
 
-/// Limits failed device authentications per client IP, on every channel. Keys are 256-bit
-/// random, so guessing is hopeless anyway; this keeps a misbehaving client from filling logs and
-/// CPU. Once an address has used up its failures, every unauthenticated attempt from it is
-/// refused with 429 until its allowance recovers — including one with a valid key, or guessing
-/// could continue unhindered.
+/// Limits failed device authentications per client IP over HTTP. Keys are 256-bit random, so
+/// guessing is hopeless anyway; this keeps a misbehaving client from filling logs and CPU.
+/// Only failures are limited: a request with a valid key always passes, however many bad ones
+/// came from its address, because many devices share one address behind a carrier-grade NAT
+/// and one misconfigured device must not lock out the rest.
 pub struct FailureLimiter {
     limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
-    blocked: std::sync::Mutex<HashMap<std::net::IpAddr, std::time::Instant>>,
 }
 
 impl FailureLimiter {
@@ -241,35 +240,24 @@ impl FailureLimiter {
             .allow_burst(burst);
         Self {
             limiter: governor::RateLimiter::keyed(quota),
-            blocked: Default::default(),
         }
     }
 
-    /// Seconds to wait if `ip` is blocked now.
-    pub fn blocked_for(&self, ip: std::net::IpAddr) -> Option<u64> {
-        let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
-        let until = *blocked.get(&ip)?;
-        let now = std::time::Instant::now();
-        if until <= now {
-            blocked.remove(&ip);
-            return None;
-        }
-        Some((until - now).as_secs().max(1))
-    }
-
-    /// Records a failure; returns the seconds to wait when this one used up the allowance.
+    /// Records a failure from `ip`; returns the seconds to wait when it is over the allowance
+    /// (answer 429, log nothing more), or `None` when it is within (answer 401 and log it).
     pub fn record_failure(&self, ip: std::net::IpAddr) -> Option<u64> {
         use governor::clock::{Clock, DefaultClock};
         let not_until = self.limiter.check_key(&ip).err()?;
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
-        if blocked.len() > 100_000 {
-            let now = std::time::Instant::now();
-            blocked.retain(|_, until| *until > now);
+        // Forget addresses whose allowance is full again, so that the map stays bounded.
+        if self.limiter.len() > 100_000 {
             self.limiter.retain_recent();
         }
-        blocked.insert(ip, std::time::Instant::now() + wait);
-        Some(wait.as_secs().max(1))
+        Some(
+            not_until
+                .wait_time_from(DefaultClock::default().now())
+                .as_secs()
+                .max(1),
+        )
     }
 }
 

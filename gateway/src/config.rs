@@ -56,8 +56,9 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_INGEST_BURST", default_value_t = 400)]
     pub ingest_burst: u32,
 
-    /// Failed device authentications allowed per client IP and minute (HTTP and MQTT together);
-    /// past them the address gets 429 until its allowance recovers.
+    /// Failed device authentications allowed per client IP and minute over HTTP; past them the
+    /// address's failing requests get 429 (requests with a valid key always pass). MQTT closes
+    /// each failed CONNECT and logs them at a bounded rate.
     #[arg(long, env = "GATEWAY_AUTH_FAILURES_PER_MIN", default_value_t = 60)]
     pub auth_failures_per_min: u32,
 

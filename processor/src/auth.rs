@@ -46,7 +46,10 @@ impl Tokens {
         // Only HS256 is accepted: `alg: none` and every other algorithm fail validation.
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "iat", "sub"]);
+        // A token may be issued by one processor copy and checked by another whose clock is a
+        // little ahead: a few seconds of leeway (the library's default is 60) on `exp` and `nbf`.
         validation.leeway = 5;
+        validation.validate_nbf = true;
         Ok(Self {
             encoding: EncodingKey::from_secret(bytes)?,
             decoding: DecodingKey::from_secret(bytes)?,

@@ -170,9 +170,22 @@ fn top_level_readings(text: &str) -> Result<Vec<&RawValue>, BodyError> {
             struct Envelope<'a> {
                 #[serde(default, borrow, deserialize_with = "present")]
                 readings: Option<&'a RawValue>,
+                #[serde(default, borrow, deserialize_with = "present")]
+                metric: Option<&'a RawValue>,
+                #[serde(default, borrow, deserialize_with = "present")]
+                value: Option<&'a RawValue>,
             }
             let envelope: Envelope = serde_json::from_str(text)
                 .map_err(|e| wrong(format!("the object could not be read ({e})")))?;
+            // Both an envelope and a reading: which one was meant is a guess, so neither is.
+            if envelope.readings.is_some()
+                && (envelope.metric.is_some() || envelope.value.is_some())
+            {
+                return Err(wrong(
+                    "an object with \"readings\" must not also have \"metric\" or \"value\""
+                        .to_owned(),
+                ));
+            }
             match envelope.readings {
                 None => Ok(vec![
                     serde_json::from_str::<&RawValue>(text).map_err(|e| wrong(e.to_string()))?,

@@ -103,43 +103,33 @@ pub async fn post_ingest(
 ) -> Result<(StatusCode, Json<IngestResponse>), GatewayError> {
     let received_at_us = shared::now_us();
     let ip = client_ip(&state, &headers, peer);
-    if let Some(retry_after_secs) = state.auth_failures.blocked_for(ip) {
-        state
-            .metrics
-            .ingest_requests
-            .with_label_values(&["http", "rate_limited"])
-            .inc();
-        return Err(GatewayError::RateLimited { retry_after_secs });
-    }
     let device_id = match presented_key(&headers) {
         None => Err(crate::auth::AuthFailure::Missing),
         Some(key) => state.registry.authenticate(key),
     }
     .map_err(|reason| {
+        // Over the address's allowance of failures: refused without a log line, so that a
+        // flood of bad keys cannot flood the logs. Valid keys never reach this.
+        if let Some(retry_after_secs) = state.auth_failures.record_failure(ip) {
+            state
+                .metrics
+                .ingest_requests
+                .with_label_values(&["http", "rate_limited"])
+                .inc();
+            return GatewayError::RateLimited { retry_after_secs };
+        }
         DeviceAuthRefused {
             channel: Channel::Http,
             reason,
             client_ip: ip,
         }
         .emit(&state.metrics);
-        match state.auth_failures.record_failure(ip) {
-            Some(retry_after_secs) => {
-                state
-                    .metrics
-                    .ingest_requests
-                    .with_label_values(&["http", "rate_limited"])
-                    .inc();
-                GatewayError::RateLimited { retry_after_secs }
-            }
-            None => {
-                state
-                    .metrics
-                    .ingest_requests
-                    .with_label_values(&["http", "unauthorised"])
-                    .inc();
-                GatewayError::Unauthorized
-            }
-        }
+        state
+            .metrics
+            .ingest_requests
+            .with_label_values(&["http", "unauthorised"])
+            .inc();
+        GatewayError::Unauthorized
     })?;
     // The request's span (opened by the HTTP layer) carries the device from here on, so its
     // request line and every line below it name the device.

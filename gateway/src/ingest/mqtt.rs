@@ -814,6 +814,13 @@ impl Connection {
                         .await?;
                     return Err(Close::UnsupportedProtocol(format!("level {level}")));
                 }
+                Err(CodecError::InvalidProtocol) => {
+                    // A protocol name other than "MQTT": MQTT 3.1 says "MQIsdp". Its clients
+                    // understand CONNACK 0x01 (unacceptable protocol version) too.
+                    self.connack(ConnectReturnCode::RefusedProtocolVersion, false)
+                        .await?;
+                    return Err(Close::UnsupportedProtocol("protocol name".into()));
+                }
                 Err(e) => return Err(Close::from_codec(e)),
             }
         };

@@ -67,6 +67,10 @@ fn whole_body_faults_are_errors_of_the_body() {
         (r#"{"readings":null}"#, |e| {
             matches!(e, BodyError::WrongShape(_))
         }),
+        (
+            r#"{"readings":[],"metric":"b","value":2}"#,
+            |e| matches!(e, BodyError::WrongShape(m) if m.contains("must not also")),
+        ),
     ];
     for (body, ok) in cases {
         let err = run(body).unwrap_err();

@@ -781,6 +781,30 @@ async fn protocol_hygiene_keep_alive_limits_and_refusals() {
     silent.expect_closed(Duration::from_secs(10)).await;
     assert_eq!(events(&hub, "connect_timeout").await, 1.0);
 
+    // A protocol we do not speak: MQTT 3.1 ("MQIsdp", level 3), MQTT 5, an unknown level. Each
+    // gets CONNACK 0x01 (unacceptable protocol version), then the connection closes.
+    let refused: [&[u8]; 3] = [
+        b"\x10\x10\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x02p1",
+        b"\x10\x0f\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x02p2",
+        b"\x10\x0e\x00\x04MQTT\x09\x02\x00\x3c\x00\x02p3",
+    ];
+    for connect in refused {
+        let mut raw = Raw::open(addr).await;
+        raw.stream.write_all(connect).await.unwrap();
+        match raw.recv(Duration::from_secs(10)).await {
+            Seen::Packet(Packet::ConnAck(ack)) => {
+                assert_eq!(
+                    ack.code,
+                    ConnectReturnCode::RefusedProtocolVersion,
+                    "{connect:?}"
+                )
+            }
+            other => panic!("{connect:?}: expected CONNACK 0x01, saw {other:?}"),
+        }
+        raw.expect_closed(Duration::from_secs(10)).await;
+    }
+    assert_eq!(events(&hub, "unsupported_protocol").await, 3.0);
+
     wait_until(
         Duration::from_secs(10),
         "every connection to be counted closed",

@@ -128,6 +128,13 @@ pub struct ConsumerArgs {
     #[arg(long, env = "PROCESSOR_FETCH_BATCH", default_value_t = 500)]
     pub fetch_batch: usize,
 
+    /// Milliseconds a writer waits after the first message of a batch for more to arrive, up to
+    /// `fetch-batch`. A database write costs about the same for 400 rows as for 10 000 (the
+    /// commit dominates), so under steady load a short wait makes each write carry much more;
+    /// it adds at most this much to the ingest latency. 0 writes whatever is ready at once.
+    #[arg(long, env = "PROCESSOR_FETCH_LINGER_MS", default_value_t = 20)]
+    pub fetch_linger_ms: u64,
+
     /// Writer tasks in this process, each with its own pull subscription on the shared consumer.
     #[arg(long, env = "PROCESSOR_WRITERS", default_value_t = 2)]
     pub writers: usize,

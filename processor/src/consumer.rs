@@ -44,8 +44,9 @@ pub async fn ensure_consumer(
         .await?)
 }
 
-/// Series ids never change once created, so every writer of the process shares one cache.
-pub type SeriesCache = Arc<Mutex<HashMap<(Uuid, String), i32>>>;
+/// Series ids never change once created, so every writer of the process shares one cache. Keyed
+/// by device, then metric, so that a lookup borrows the reading's metric instead of copying it.
+pub type SeriesCache = Arc<Mutex<HashMap<Uuid, HashMap<String, i32>>>>;
 
 #[derive(Clone)]
 pub struct Writer {
@@ -55,6 +56,7 @@ pub struct Writer {
     pub alerts: crate::alerts::Engine,
     pub series: SeriesCache,
     pub fetch_batch: usize,
+    pub fetch_linger: Duration,
     pub fault_pause_before_ack: bool,
 }
 
@@ -116,7 +118,18 @@ impl Writer {
                 .await;
             match messages {
                 Ok(messages) => {
-                    let mut chunks = messages.ready_chunks(self.fetch_batch);
+                    // Up to `fetch_batch` messages, waiting at most `fetch_linger` after the
+                    // first for the rest (see `--fetch-linger-ms`).
+                    let mut chunks = if self.fetch_linger.is_zero() {
+                        messages.ready_chunks(self.fetch_batch).boxed()
+                    } else {
+                        tokio_stream::StreamExt::chunks_timeout(
+                            messages,
+                            self.fetch_batch,
+                            self.fetch_linger,
+                        )
+                        .boxed()
+                    };
                     loop {
                         let chunk = tokio::select! {
                             _ = cancel.cancelled() => return,
@@ -230,15 +243,15 @@ impl Writer {
     async fn write(&self, batches: &[Batch]) -> sqlx::Result<(u64, u64)> {
         let missing: Vec<(Uuid, String)> = {
             let cache = self.series.lock().unwrap_or_else(|p| p.into_inner());
-            let mut missing: Vec<(Uuid, String)> = batches
-                .iter()
-                .flat_map(|b| {
-                    b.readings
-                        .iter()
-                        .map(move |r| (b.device_id, r.metric.clone()))
-                })
-                .filter(|k| !cache.contains_key(k))
-                .collect();
+            let mut missing: Vec<(Uuid, String)> = Vec::new();
+            for b in batches {
+                let known = cache.get(&b.device_id);
+                for r in &b.readings {
+                    if !known.is_some_and(|m| m.contains_key(&r.metric)) {
+                        missing.push((b.device_id, r.metric.clone()));
+                    }
+                }
+            }
             missing.sort_unstable();
             missing.dedup();
             missing
@@ -247,30 +260,28 @@ impl Writer {
             let found = storage::readings::ensure_series(&self.db, &missing).await?;
             let mut cache = self.series.lock().unwrap_or_else(|p| p.into_inner());
             for (device, metric, id) in found {
-                cache.insert((device, metric), id);
+                cache.entry(device).or_default().insert(metric, id);
             }
         }
         let total: usize = batches.iter().map(|b| b.readings.len()).sum();
         let mut cols = Columns {
             series: Vec::with_capacity(total),
-            ts: Vec::with_capacity(total),
+            ts_us: Vec::with_capacity(total),
             value: Vec::with_capacity(total),
         };
         {
             let cache = self.series.lock().unwrap_or_else(|p| p.into_inner());
             for b in batches {
+                let known = cache.get(&b.device_id);
                 for r in &b.readings {
-                    let key = (b.device_id, r.metric.clone());
-                    let (Some(&id), Some(ts)) =
-                        (cache.get(&key), DateTime::from_timestamp_micros(r.ts_us))
-                    else {
+                    let Some(&id) = known.and_then(|m| m.get(&r.metric)) else {
                         return Err(sqlx::Error::Protocol(format!(
                             "series for {} / {} was not created",
                             b.device_id, r.metric
                         )));
                     };
                     cols.series.push(id);
-                    cols.ts.push(ts);
+                    cols.ts_us.push(r.ts_us);
                     cols.value.push(r.value);
                 }
             }

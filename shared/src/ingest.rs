@@ -85,15 +85,22 @@ pub fn parse(body: &[u8], now_us: i64, limits: &Limits) -> Result<Parsed, BodyEr
     }
     // Many encoders write non-finite floats as bare NaN/Infinity tokens, which are not JSON. They
     // are turned into strings so that the one bad reading is rejected by index instead of the
-    // whole batch; everything else about the body must already be valid JSON.
-    let text: Cow<str> = match serde_json::from_str::<&RawValue>(text) {
-        Ok(_) => Cow::Borrowed(text),
-        Err(first) => match quote_non_finite_tokens(text) {
-            Some(fixed) if serde_json::from_str::<&RawValue>(&fixed).is_ok() => Cow::Owned(fixed),
-            _ => return Err(BodyError::NotJson(first.to_string())),
-        },
+    // whole batch; everything else about the body must already be valid JSON. The repair runs
+    // only when the body does not parse: the usual body is read once, not checked first.
+    let repaired: String;
+    let items = match top_level_readings(text) {
+        Ok(items) => items,
+        Err(TopLevel::Shape(e)) => return Err(e),
+        Err(TopLevel::Syntax(first)) => {
+            let not_json = || BodyError::NotJson(first.to_string());
+            repaired = quote_non_finite_tokens(text).ok_or_else(not_json)?;
+            match top_level_readings(&repaired) {
+                Ok(items) => items,
+                Err(TopLevel::Shape(e)) => return Err(e),
+                Err(TopLevel::Syntax(_)) => return Err(not_json()),
+            }
+        }
     };
-    let items = top_level_readings(&text)?;
     if items.len() > limits.max_readings {
         return Err(BodyError::TooManyReadings {
             count: items.len(),
@@ -159,24 +166,42 @@ fn reject_repeats(parsed: &mut Parsed, indexes: &[usize]) {
     parsed.rejected.sort_by_key(|r| r.index);
 }
 
-fn top_level_readings(text: &str) -> Result<Vec<&RawValue>, BodyError> {
+/// Why the top level of a body could not be read: not JSON at all (which the non-finite repair
+/// may fix), or JSON of the wrong shape.
+enum TopLevel {
+    Syntax(serde_json::Error),
+    Shape(BodyError),
+}
+
+/// The readings of a body, each still raw: one pass over the body, whose syntax errors and
+/// shape errors are told apart by serde's error category.
+fn top_level_readings(text: &str) -> Result<Vec<&RawValue>, TopLevel> {
     const SHAPE: &str = "expected {\"readings\":[…]}, an array of readings, or one reading object";
-    let wrong = |detail: String| BodyError::WrongShape(format!("{detail}; {SHAPE}"));
+    let wrong =
+        |detail: String| TopLevel::Shape(BodyError::WrongShape(format!("{detail}; {SHAPE}")));
+    let classify = |e: serde_json::Error, what: &str| match e.classify() {
+        serde_json::error::Category::Data => wrong(format!("{what} ({e})")),
+        _ => TopLevel::Syntax(e),
+    };
     match text.trim_start().as_bytes().first() {
         Some(b'[') => serde_json::from_str::<Vec<&RawValue>>(text)
-            .map_err(|e| wrong(format!("the array could not be read ({e})"))),
+            .map_err(|e| classify(e, "the array could not be read")),
         Some(b'{') => {
             #[derive(Deserialize)]
             struct Envelope<'a> {
-                #[serde(default, borrow, deserialize_with = "present")]
-                readings: Option<&'a RawValue>,
+                #[serde(default, borrow, deserialize_with = "present_list")]
+                readings: Option<Vec<&'a RawValue>>,
                 #[serde(default, borrow, deserialize_with = "present")]
                 metric: Option<&'a RawValue>,
                 #[serde(default, borrow, deserialize_with = "present")]
                 value: Option<&'a RawValue>,
             }
-            let envelope: Envelope = serde_json::from_str(text)
-                .map_err(|e| wrong(format!("the object could not be read ({e})")))?;
+            let envelope: Envelope = serde_json::from_str(text).map_err(|e| {
+                classify(
+                    e,
+                    "the object could not be read (\"readings\" must be an array)",
+                )
+            })?;
             // Both an envelope and a reading: which one was meant is a guess, so neither is.
             if envelope.readings.is_some()
                 && (envelope.metric.is_some() || envelope.value.is_some())
@@ -187,15 +212,21 @@ fn top_level_readings(text: &str) -> Result<Vec<&RawValue>, BodyError> {
                 ));
             }
             match envelope.readings {
+                Some(list) => Ok(list),
                 None => Ok(vec![
-                    serde_json::from_str::<&RawValue>(text).map_err(|e| wrong(e.to_string()))?,
+                    serde_json::from_str::<&RawValue>(text).map_err(TopLevel::Syntax)?,
                 ]),
-                Some(list) => serde_json::from_str::<Vec<&RawValue>>(list.get())
-                    .map_err(|_| wrong("\"readings\" must be an array".to_owned())),
             }
         }
-        _ => Err(wrong("the body is a JSON scalar".to_owned())),
+        _ => match serde_json::from_str::<&RawValue>(text) {
+            Ok(_) => Err(wrong("the body is a JSON scalar".to_owned())),
+            Err(e) => Err(TopLevel::Syntax(e)),
+        },
     }
+}
+
+fn present_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<&'de RawValue>>, D::Error> {
+    <Vec<&'de RawValue>>::deserialize(d).map(Some)
 }
 
 /// Keeps an explicit `null` distinguishable from a missing field.

@@ -145,33 +145,59 @@ fn check_loopback(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The text of every value a body can carry (see [`body`]), formatted once: the generator shares
+/// the machine with the hub, so what it spends per reading is taken from the system under test.
+fn value_text(k: usize) -> &'static str {
+    static TABLE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..1000)
+            .map(|k| (20.0 + k as f64 / 100.0).to_string())
+            .collect()
+    });
+    &table[k % 1000]
+}
+
 /// The body of request number `seq` of device `d`: `batch` readings, metrics in turn, unique
 /// timestamps per (device, metric).
 pub fn body(target: &Target, device: &LoadDevice, seq: u64, batch: usize, base_ms: i64) -> String {
     let per_metric = batch.div_ceil(METRICS.len()) as i64;
     let first = base_ms + seq as i64 * per_metric;
     let mut out = String::with_capacity(32 + batch * 72);
+    let mut ts_text = itoa::Buffer::new();
     if matches!(target, Target::Hub { .. }) {
         out.push_str("{\"readings\":[");
     }
     for i in 0..batch {
         let metric = METRICS[i % METRICS.len()];
-        let ts = first + (i / METRICS.len()) as i64;
+        let ts = ts_text.format(first + (i / METRICS.len()) as i64);
         // Values vary a little, like real sensors; two decimals keep the bodies realistic.
-        let value = 20.0 + ((seq as usize * 31 + i * 7) % 1000) as f64 / 100.0;
-        // Writing into a String cannot fail.
-        let _ = match target {
-            Target::Hub { .. } => write!(
-                out,
-                "{}{{\"metric\":\"{metric}\",\"value\":{value},\"ts\":{ts}}}",
-                if i == 0 { "" } else { "," }
-            ),
-            Target::Influx { .. } => writeln!(
-                out,
-                "readings,device_id={},metric={metric} value={value} {ts}",
-                device.id
-            ),
-        };
+        let value = value_text(seq as usize * 31 + i * 7);
+        match target {
+            Target::Hub { .. } => {
+                if i > 0 {
+                    out.push(',');
+                }
+                for part in [
+                    "{\"metric\":\"",
+                    metric,
+                    "\",\"value\":",
+                    value,
+                    ",\"ts\":",
+                    ts,
+                    "}",
+                ] {
+                    out.push_str(part);
+                }
+            }
+            Target::Influx { .. } => {
+                // Writing into a String cannot fail.
+                let _ = writeln!(
+                    out,
+                    "readings,device_id={},metric={metric} value={value} {ts}",
+                    device.id
+                );
+            }
+        }
     }
     if matches!(target, Target::Hub { .. }) {
         out.push_str("]}");
@@ -226,6 +252,19 @@ pub async fn run(spec: &LoadSpec, seq: &Arc<Sequencer>) -> anyhow::Result<LoadRe
         }),
     });
     let url: Arc<str> = url.into();
+    // Per device once: its bearer header (the hub's) and the device itself, shared by the
+    // requests instead of copied into each.
+    let devices: Arc<Vec<(LoadDevice, reqwest::header::HeaderValue)>> = Arc::new(
+        spec.devices
+            .iter()
+            .map(|d| {
+                let auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", d.key))
+                    .context("a device key is not a valid header value")?;
+                Ok((d.clone(), auth))
+            })
+            .collect::<anyhow::Result<_>>()?,
+    );
+    let target = Arc::new(spec.target.clone());
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let mut late = 0u64;
@@ -241,27 +280,28 @@ pub async fn run(spec: &LoadSpec, seq: &Arc<Sequencer>) -> anyhow::Result<LoadRe
             late += 1;
         }
         let d = (k % spec.devices.len() as u64) as usize;
-        let device = spec.devices[d].clone();
+        let devices = devices.clone();
         let client = clients[d % clients.len()].clone();
         let n = seq.take(d);
-        let target = spec.target.clone();
+        let target = target.clone();
         let batch = spec.batch;
         let base_ms = seq.base_ms;
         let url = url.clone();
         let shared = shared.clone();
         tasks.spawn(async move {
             let _permit = permit;
-            let body = body(&target, &device, n, batch, base_ms);
+            let (device, auth) = &devices[d];
+            let body = body(&target, device, n, batch, base_ms);
             let mut req = client.post(&*url).body(body);
-            req = match target {
+            req = match *target {
                 Target::Hub { .. } => req
-                    .bearer_auth(&device.key)
+                    .header(reqwest::header::AUTHORIZATION, auth.clone())
                     .header("content-type", "application/json"),
                 Target::Influx { .. } => req.header("content-type", "text/plain"),
             };
             let outcome = match req.send().await {
                 Ok(r) if r.status().is_success() => {
-                    let accepted = match target {
+                    let accepted = match *target {
                         Target::Hub { .. } => {
                             r.json::<Accepted>().await.map(|a| a.accepted).unwrap_or(0)
                         }

@@ -40,11 +40,12 @@ pub async fn ensure_series(
     .await
 }
 
-/// Column arrays of one write: the whole fetched batch goes in as one statement.
+/// Column arrays of one write: the whole fetched batch goes in as one statement. Times are epoch
+/// microseconds, as they travel on the wire and as the binary COPY wants them (after a shift).
 #[derive(Debug, Default)]
 pub struct Columns {
     pub series: Vec<i32>,
-    pub ts: Vec<DateTime<Utc>>,
+    pub ts_us: Vec<i64>,
     pub value: Vec<f64>,
 }
 
@@ -85,12 +86,12 @@ fn copy_binary(cols: &Columns) -> Vec<u8> {
     out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
     out.extend_from_slice(&0i32.to_be_bytes()); // flags
     out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
-    for ((series, ts), value) in cols.series.iter().zip(&cols.ts).zip(&cols.value) {
+    for ((series, ts), value) in cols.series.iter().zip(&cols.ts_us).zip(&cols.value) {
         out.extend_from_slice(&3i16.to_be_bytes());
         out.extend_from_slice(&4i32.to_be_bytes());
         out.extend_from_slice(&series.to_be_bytes());
         out.extend_from_slice(&8i32.to_be_bytes());
-        out.extend_from_slice(&(ts.timestamp_micros() - PG_EPOCH_OFFSET_US).to_be_bytes());
+        out.extend_from_slice(&(ts - PG_EPOCH_OFFSET_US).to_be_bytes());
         out.extend_from_slice(&8i32.to_be_bytes());
         out.extend_from_slice(&value.to_bits().to_be_bytes());
     }
@@ -117,13 +118,21 @@ pub async fn copy(pool: &PgPool, cols: &Columns) -> sqlx::Result<u64> {
 /// rows were new.
 #[tracing::instrument(skip_all, fields(module = "storage", operation = "readings_insert", rows = cols.series.len()))]
 pub async fn insert(db: impl PgExecutor<'_>, cols: &Columns) -> sqlx::Result<u64> {
+    let ts: Vec<DateTime<Utc>> = cols
+        .ts_us
+        .iter()
+        .map(|us| {
+            DateTime::from_timestamp_micros(*us)
+                .ok_or_else(|| sqlx::Error::Protocol(format!("time {us} µs out of range")))
+        })
+        .collect::<sqlx::Result<_>>()?;
     Ok(sqlx::query(
         "INSERT INTO readings (series_id, ts, value)
          SELECT * FROM UNNEST($1::int4[], $2::timestamptz[], $3::float8[])
          ON CONFLICT ON CONSTRAINT readings_series_ts_key DO NOTHING",
     )
     .bind(&cols.series)
-    .bind(&cols.ts)
+    .bind(&ts)
     .bind(&cols.value)
     .execute(db)
     .await?
@@ -476,10 +485,9 @@ mod tests {
 
     #[test]
     fn binary_copy_rows_have_postgres_layout() {
-        let ts = DateTime::from_timestamp_millis(946_684_800_001).unwrap();
         let cols = Columns {
             series: vec![7],
-            ts: vec![ts],
+            ts_us: vec![946_684_800_001_000],
             value: vec![1.5],
         };
         let data = copy_binary(&cols);

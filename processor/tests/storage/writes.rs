@@ -3,17 +3,16 @@
 //! table ends with exactly one row per `(series, ts)` and the answer counts only the new ones.
 
 use crate::TestDb;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use processor::storage::readings::{self, Columns};
 use uuid::Uuid;
 
 fn cols(rows: &[(i32, i64, f64)]) -> Columns {
-    let t0 = DateTime::<Utc>::from_timestamp_millis(1_700_000_000_000).unwrap();
     Columns {
         series: rows.iter().map(|r| r.0).collect(),
-        ts: rows
+        ts_us: rows
             .iter()
-            .map(|r| t0 + TimeDelta::milliseconds(r.1))
+            .map(|r| 1_700_000_000_000_000 + r.1 * 1000)
             .collect(),
         value: rows.iter().map(|r| r.2).collect(),
     }
@@ -84,7 +83,7 @@ async fn timestamps_keep_their_millisecond_and_their_era() {
     let ts: Vec<DateTime<Utc>> = times.iter().map(|t| t.parse().unwrap()).collect();
     let batch = Columns {
         series: vec![id; ts.len()],
-        ts: ts.clone(),
+        ts_us: ts.iter().map(|t| t.timestamp_micros()).collect(),
         value: vec![1.0; ts.len()],
     };
     assert_eq!(readings::store(&db.pool, &batch).await.unwrap(), 4);
@@ -93,4 +92,16 @@ async fn timestamps_keep_their_millisecond_and_their_era() {
         .await
         .unwrap();
     assert_eq!(back, ts);
+    // The fallback statement (taken when a row is already stored) keeps them as well.
+    let again = Columns {
+        series: vec![id; 2],
+        ts_us: vec![ts[0].timestamp_micros(), ts[0].timestamp_micros() + 1],
+        value: vec![2.0; 2],
+    };
+    assert_eq!(readings::store(&db.pool, &again).await.unwrap(), 1);
+    let added: DateTime<Utc> = sqlx::query_scalar("SELECT ts FROM readings WHERE value = 2")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(added.timestamp_micros(), ts[0].timestamp_micros() + 1);
 }

@@ -5,16 +5,20 @@
 //! Phases, in order, on a fresh hub (real release binaries, unique database and namespace):
 //!
 //! 1. **ceiling** — the same rows written straight into the same `readings` table (on series
-//!    ids of their own) by each batched method: binary COPY and `INSERT … UNNEST … ON CONFLICT`,
-//!    on one and on two connections. The fastest is the ceiling.
-//! 2. **saturation** — open-loop HTTP load well above what the hub can take; the sustained rate
-//!    is the rate of rows committed in the database while the load runs (after a warm-up).
-//! 3. **latency** — open-loop load at 80 % of that sustained rate; gateway receive → commit
-//!    latency from the processor's histogram (linear interpolation inside a bucket), and the
-//!    client's own due-time → 2xx latency.
-//! 4. **gateway only** — the processor is stopped; what the gateway alone accepts (2xx).
-//! 5. **processor drain** — a new processor drains the stream phase 4 filled.
-//! 6. **peer** (`--peer influxdb`) — the same readings, batch size, offered rate and duration
+//!    ids of their own) with the processor's own two statements: binary COPY and
+//!    `INSERT … UNNEST … ON CONFLICT`, on one and on two connections. The fastest is the ceiling.
+//! 2. **sustained** — the highest open-loop HTTP rate the hub keeps up with: trials step the
+//!    offered rate up by a quarter until one falls behind (a refusal, late sends, or more than a
+//!    second of backlog at the end), then bisect; a full-length run at the rate found confirms it.
+//!    Its committed rate (rows per second in the database while the load runs) is the figure.
+//! 3. **latency** — open-loop load at 80 % of that rate; gateway receive → commit latency from
+//!    the processor's histogram (linear interpolation inside a bucket), and the client's own
+//!    due-time → 2xx latency.
+//! 4. **overload** — 1.5 × the ceiling offered: what the hub commits while overloaded on one
+//!    machine (less than it sustains: the gateway takes the CPU the database needs).
+//! 5. **gateway only** — the processor is stopped; what the gateway alone accepts (2xx).
+//! 6. **processor drain** — a new processor drains the stream phase 5 filled.
+//! 7. **peer** (`--peer influxdb`) — the same readings, batch size, offered rate and duration
 //!    into a private `influxd` over its line-protocol `/write`.
 //!
 //! After each phase the bench waits until everything accepted is stored, and at the end the
@@ -34,6 +38,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The same allocator as the hub's binaries, so that the load generator takes as little of the
+/// machine's CPU from the system under test as it can.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// p50 and p99 in milliseconds, then the histogram bucket bounds (seconds) each fell in.
 type LatencyFigures = (f64, f64, (f64, f64), (f64, f64));
 
@@ -52,10 +61,16 @@ struct Args {
     /// Simulated devices, each with its own key; requests go to them in turn.
     #[arg(long, default_value_t = 100)]
     devices: usize,
-    /// Offered readings per second in the saturation and gateway-only phases. Default: 1.5 × the
-    /// measured ceiling, so that the hub, not the generator, is the limit.
+    /// Offered readings per second in the overload, gateway-only and peer phases. Default: 1.5 ×
+    /// the measured ceiling, so that the system under test, not the generator, is the limit.
     #[arg(long)]
     rate: Option<f64>,
+    /// The first rate the sustained-rate search tries. Default: 30 % of the measured ceiling.
+    #[arg(long)]
+    start_rate: Option<f64>,
+    /// Most trials of the sustained-rate search (before the confirming run).
+    #[arg(long, default_value_t = 8)]
+    max_trials: usize,
     /// Readings per second for the latency phase. Default: 80 % of the sustained rate.
     #[arg(long)]
     latency_rate: Option<f64>,
@@ -77,7 +92,8 @@ struct Args {
     /// Extra environment for the gateway (KEY=VALUE, repeatable), for experiments.
     #[arg(long = "gateway-env", value_parser = parse_kv)]
     gateway_env: Vec<(String, String)>,
-    /// Skip phases (comma-separated: ceiling, latency, gateway-only), for quick experiments.
+    /// Skip phases (comma-separated: ceiling, latency, overload, gateway-only), for quick
+    /// experiments.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
 }
@@ -405,14 +421,14 @@ impl RowSource {
             let within = self.cursor % self.batch;
             let idx = (request % devices) * self.metrics + within % self.metrics;
             s.push(self.series[idx]);
-            t.push(chrono::DateTime::from_timestamp_millis(self.next_ts[idx]).unwrap_or_default());
+            t.push(self.next_ts[idx] * 1000);
             self.next_ts[idx] += 1;
             v.push(20.0 + (self.cursor % 1000) as f64 / 100.0);
             self.cursor += 1;
         }
         Columns {
             series: s,
-            ts: t,
+            ts_us: t,
             value: v,
         }
     }
@@ -598,6 +614,85 @@ impl Drop for Influx {
 }
 
 // ---------------------------------------------------------------------------------------------
+// One phase of load on the hub.
+
+/// What one phase of load did to the hub.
+struct PhaseRun {
+    report: LoadReport,
+    /// Rows committed per second after the warm-up, while the load ran.
+    committed_rate: f64,
+    /// Readings accepted but not yet committed when the load stopped.
+    backlog_at_end: i64,
+    cpu: BTreeMap<Group, f64>,
+}
+
+impl PhaseRun {
+    /// Whether the hub kept up with `rate`: every request answered 2xx, hardly any sent late
+    /// by the generator (which would mean it, not the hub, was the limit), all of the offered
+    /// readings accepted, and at most a second of them still uncommitted when the load ended.
+    fn kept_up(&self, rate: f64) -> bool {
+        let r = &self.report;
+        let offered = rate * r.offered_window.as_secs_f64();
+        r.refused.is_empty()
+            && r.failed == 0
+            && (r.late as f64) <= 0.01 * r.requests as f64
+            && r.accepted as f64 >= 0.99 * offered
+            && (self.backlog_at_end as f64) <= rate
+    }
+}
+
+/// Runs `spec` against the hub, measures the committed rate after a warm-up, then waits until
+/// everything accepted is stored (and checks that it is, exactly).
+async fn run_phase(
+    hub: &TestHub,
+    acct: &mut Accounting,
+    ceiling_max: i32,
+    spec: &LoadSpec,
+    seq: &Arc<Sequencer>,
+) -> anyhow::Result<PhaseRun> {
+    let rows0 = hub_rows(&hub.db, ceiling_max).await?;
+    let m0 = processor_written(hub).await?;
+    let before = acct.snapshot();
+    let warmup = Duration::from_secs_f64((spec.duration.as_secs_f64() / 5.0).clamp(1.0, 5.0));
+    let sampler = async {
+        let start = Instant::now();
+        tokio::time::sleep(warmup).await;
+        let a = (Instant::now(), processor_written(hub).await);
+        tokio::time::sleep_until((start + spec.duration).into()).await;
+        let b = (Instant::now(), processor_written(hub).await);
+        (a, b)
+    };
+    let (report, (a, b)) = tokio::join!(load::run(spec, seq), sampler);
+    let report = report?;
+    let m_end = processor_written(hub).await?;
+    let after = acct.snapshot();
+    let cpu = acct.cpu_between(&before, &after);
+    let (wa, wb) = (a.1?, b.1?);
+    let committed_rate = (wb - wa) / (b.0 - a.0).as_secs_f64();
+    let backlog_at_end = report.accepted as i64 - (m_end - m0) as i64;
+    let target = rows0 + report.accepted as i64;
+    wait_stored(
+        hub,
+        ceiling_max,
+        target,
+        (rows0, m0),
+        Duration::from_secs(300),
+    )
+    .await?;
+    let stored = hub_rows(&hub.db, ceiling_max).await?;
+    anyhow::ensure!(
+        stored == target,
+        "{stored} hub rows stored after the phase, {target} accepted"
+    );
+    Ok(PhaseRun {
+        report,
+        committed_rate,
+        backlog_at_end,
+        cpu,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
 // The run.
 
 struct Phase {
@@ -744,22 +839,27 @@ async fn main() -> anyhow::Result<()> {
     let best = ceiling.iter().max_by(|a, b| a.rate().total_cmp(&b.rate()));
     let ceiling_rate = best.map(|b| b.rate()).unwrap_or(0.0);
 
-    // 2. Saturation: the sustained end-to-end rate.
+    // 2. The sustained rate: the highest offered rate the hub keeps up with (every request
+    //    answered 2xx on time, the backlog at the end under a second of load), found by trials
+    //    that step up by a quarter and then bisect, and confirmed by a full-length run. An
+    //    overloaded hub on one machine commits less than it could sustain, because the gateway
+    //    then spends the CPU that the processor and the database need on readings that only
+    //    queue up; that figure is reported too (phase "overload").
     let seq = Arc::new(Sequencer::new(devices.len()));
     let gateway_url = hub.gateway_url().to_owned();
-    let offered = args.rate.unwrap_or(if ceiling_rate > 0.0 {
+    let overload_rate = args.rate.unwrap_or(if ceiling_rate > 0.0 {
         ceiling_rate * 1.5
     } else {
         150_000.0
     });
-    let spec = |rate: f64| LoadSpec {
+    let spec = |rate: f64, duration: Duration| LoadSpec {
         target: Target::Hub {
             url: gateway_url.clone(),
         },
         devices: devices.clone(),
         batch: args.batch,
         rate,
-        duration: secs,
+        duration,
         max_in_flight: args.max_in_flight,
         connections: args.connections,
     };
@@ -767,49 +867,85 @@ async fn main() -> anyhow::Result<()> {
     let mut unknown_total: u64 = 0;
     let drain_timeout = Duration::from_secs(300);
 
-    progress(&format!(
-        "saturation: offering {offered:.0} readings/s for {}s",
-        args.seconds
-    ));
-    let rows0 = hub_rows(&hub.db, ceiling_max).await?;
-    let m0 = processor_written(&hub).await?;
-    let before = acct.snapshot();
-    let warmup = Duration::from_secs_f64((args.seconds as f64 / 5.0).clamp(1.0, 5.0));
-    let sampler = async {
-        let start = Instant::now();
-        tokio::time::sleep(warmup).await;
-        let a = (Instant::now(), processor_written(&hub).await);
-        tokio::time::sleep_until((start + secs).into()).await;
-        let b = (Instant::now(), processor_written(&hub).await);
-        (a, b)
-    };
-    let saturation = spec(offered);
-    let (report, (a, b)) = tokio::join!(load::run(&saturation, &seq), sampler);
-    let report = report?;
-    let after = acct.snapshot();
-    let cpu = acct.cpu_between(&before, &after);
-    let (wa, wb) = (a.1?, b.1?);
-    let sustained = (wb - wa) / (b.0 - a.0).as_secs_f64();
-    let backlog_at_end = (rows0 + report.accepted as i64) - (rows0 + (wb - m0) as i64);
-    accepted_total += report.accepted as i64;
-    unknown_total += report.failed;
-    let target = rows0 + report.accepted as i64;
-    wait_stored(&hub, ceiling_max, target, (rows0, m0), drain_timeout).await?;
-    let stored = hub_rows(&hub.db, ceiling_max).await?;
-    anyhow::ensure!(
-        stored == target,
-        "saturation: {stored} hub rows stored, {target} accepted"
-    );
-    phases.push(Phase {
-        name: "saturation",
-        rate: sustained,
-        note: format!(
-            "offered {offered:.0}/s, accepted {:.0}/s, backlog at end {backlog_at_end}",
-            report.accepted_per_sec()
-        ),
-        load: Some(report),
-        cpu,
+    let trial_secs = Duration::from_secs((args.seconds / 2).max(4));
+    let mut rate = args.start_rate.unwrap_or(if ceiling_rate > 0.0 {
+        ceiling_rate * 0.3
+    } else {
+        50_000.0
     });
+    let (mut good, mut bad): (Option<f64>, Option<f64>) = (None, None);
+    for trial in 1..=args.max_trials {
+        progress(&format!(
+            "sustained rate, trial {trial}: offering {rate:.0} readings/s for {}s",
+            trial_secs.as_secs()
+        ));
+        let run = run_phase(&hub, &mut acct, ceiling_max, &spec(rate, trial_secs), &seq).await?;
+        accepted_total += run.report.accepted as i64;
+        unknown_total += run.report.failed;
+        let kept_up = run.kept_up(rate);
+        progress(&format!(
+            "  {} (committed {:.0}/s, backlog at end {}, late {}, refused {:?})",
+            if kept_up { "kept up" } else { "fell behind" },
+            run.committed_rate,
+            run.backlog_at_end,
+            run.report.late,
+            run.report.refused
+        ));
+        if kept_up {
+            good = Some(good.map_or(rate, |g: f64| g.max(rate)));
+        } else {
+            bad = Some(bad.map_or(rate, |b: f64| b.min(rate)));
+        }
+        rate = match (good, bad) {
+            (Some(g), None) => g * 1.25,
+            (None, Some(b)) => b * 0.7,
+            (Some(g), Some(b)) if b / g > 1.06 => (g + b) / 2.0,
+            _ => break,
+        };
+    }
+    let mut sustained_offer = good.unwrap_or(rate);
+    let mut sustained = 0.0;
+    for attempt in 0..3 {
+        progress(&format!(
+            "sustained: offering {sustained_offer:.0} readings/s for {}s",
+            args.seconds
+        ));
+        let run = run_phase(
+            &hub,
+            &mut acct,
+            ceiling_max,
+            &spec(sustained_offer, secs),
+            &seq,
+        )
+        .await?;
+        accepted_total += run.report.accepted as i64;
+        unknown_total += run.report.failed;
+        let kept_up = run.kept_up(sustained_offer);
+        let note = format!(
+            "offered {sustained_offer:.0}/s, accepted {:.0}/s, backlog at end {}{}",
+            run.report.accepted_per_sec(),
+            run.backlog_at_end,
+            if kept_up {
+                ""
+            } else {
+                " (fell behind: retried 10 % lower)"
+            }
+        );
+        if kept_up || attempt == 2 {
+            sustained = run.committed_rate;
+        }
+        phases.push(Phase {
+            name: "sustained",
+            rate: run.committed_rate,
+            note,
+            load: Some(run.report),
+            cpu: run.cpu,
+        });
+        if kept_up {
+            break;
+        }
+        sustained_offer *= 0.9;
+    }
 
     // 3. Latency at 80 % of the sustained rate.
     let latency_rate = args.latency_rate.unwrap_or(sustained * 0.8);
@@ -823,7 +959,7 @@ async fn main() -> anyhow::Result<()> {
         let m0 = processor_written(&hub).await?;
         let h0 = latency_buckets(&metrics_text(&hub, hub.processor_url()).await?);
         let before = acct.snapshot();
-        let report = load::run(&spec(latency_rate), &seq).await?;
+        let report = load::run(&spec(latency_rate, secs), &seq).await?;
         let m_end = processor_written(&hub).await?;
         let after = acct.snapshot();
         let cpu = acct.cpu_between(&before, &after);
@@ -860,6 +996,38 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
+    // Overload: well above what the hub can take (1.5 × the ceiling unless --rate says), to see
+    // what it commits then and that it refuses nothing it cannot store.
+    let mut overload = 0.0;
+    if !skip("overload") {
+        progress(&format!(
+            "overload: offering {overload_rate:.0} readings/s for {}s",
+            args.seconds
+        ));
+        let run = run_phase(
+            &hub,
+            &mut acct,
+            ceiling_max,
+            &spec(overload_rate, secs),
+            &seq,
+        )
+        .await?;
+        accepted_total += run.report.accepted as i64;
+        unknown_total += run.report.failed;
+        overload = run.committed_rate;
+        phases.push(Phase {
+            name: "overload",
+            rate: run.committed_rate,
+            note: format!(
+                "offered {overload_rate:.0}/s, accepted {:.0}/s, backlog at end {}",
+                run.report.accepted_per_sec(),
+                run.backlog_at_end
+            ),
+            load: Some(run.report),
+            cpu: run.cpu,
+        });
+    }
+
     // 4. Gateway only: the processor is stopped; the stream fills.
     let mut gateway_only = 0.0;
     let mut drain_rate = 0.0;
@@ -871,11 +1039,11 @@ async fn main() -> anyhow::Result<()> {
         }
         acct.processor = None;
         progress(&format!(
-            "gateway only: offering {offered:.0} readings/s for {}s",
+            "gateway only: offering {overload_rate:.0} readings/s for {}s",
             args.seconds
         ));
         let before = acct.snapshot();
-        let report = load::run(&spec(offered), &seq).await?;
+        let report = load::run(&spec(overload_rate, secs), &seq).await?;
         let after = acct.snapshot();
         let cpu = acct.cpu_between(&before, &after);
         gateway_only = report.accepted_per_sec();
@@ -885,7 +1053,7 @@ async fn main() -> anyhow::Result<()> {
         phases.push(Phase {
             name: "gateway-only",
             rate: gateway_only,
-            note: format!("offered {offered:.0}/s; counted as 2xx-accepted readings"),
+            note: format!("offered {overload_rate:.0}/s; counted as 2xx-accepted readings"),
             load: Some(report),
             cpu,
         });
@@ -939,10 +1107,10 @@ async fn main() -> anyhow::Result<()> {
                 url: influx.url.clone(),
                 database: "bench".into(),
             },
-            ..spec(offered)
+            ..spec(overload_rate, secs)
         };
         progress(&format!(
-            "peer: offering {offered:.0} readings/s for {}s",
+            "peer: offering {overload_rate:.0} readings/s for {}s",
             args.seconds
         ));
         let before = acct.snapshot();
@@ -955,7 +1123,7 @@ async fn main() -> anyhow::Result<()> {
             name: "peer-influxdb",
             rate: stored_rate,
             note: format!(
-                "offered {offered:.0}/s; {points} points stored of {} accepted",
+                "offered {overload_rate:.0}/s; {points} points stored of {} accepted",
                 report.accepted
             ),
             load: Some(report.clone()),
@@ -1032,6 +1200,10 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!(
+        "overload (committed)             {:>10.0} readings/s  while {:.0}/s were offered",
+        overload, overload_rate
+    );
+    println!(
         "gateway only (2xx accepted)      {:>10.0} readings/s",
         gateway_only
     );
@@ -1070,9 +1242,9 @@ async fn main() -> anyhow::Result<()> {
                 .collect(),
         )
     };
-    let saturation_cpu: f64 = phases
+    let sustained_cpu: f64 = phases
         .iter()
-        .find(|p| p.name == "saturation")
+        .rfind(|p| p.name == "sustained")
         .map(|p| {
             [
                 Group::Gateway,
@@ -1086,9 +1258,9 @@ async fn main() -> anyhow::Result<()> {
             .sum()
         })
         .unwrap_or(0.0);
-    let saturation_readings = phases
+    let sustained_readings = phases
         .iter()
-        .find(|p| p.name == "saturation")
+        .rfind(|p| p.name == "sustained")
         .and_then(|p| p.load.as_ref())
         .map(|l| l.accepted as f64)
         .unwrap_or(0.0);
@@ -1101,11 +1273,14 @@ async fn main() -> anyhow::Result<()> {
         "ceiling_readings_per_sec": r0(ceiling_rate),
         "ceiling_method": best.map(|b| format!("{} x{}", b.method.name(), b.connections)),
         "ratio_to_ceiling": (ratio * 1000.0).round() / 1000.0,
+        "sustained_offered_readings_per_sec": r0(sustained_offer),
+        "overload_committed_readings_per_sec": r0(overload),
+        "overload_offered_readings_per_sec": r0(overload_rate),
         "gateway_only_readings_per_sec": r0(gateway_only),
         "processor_drain_readings_per_sec": r0(drain_rate),
         "peak_rss_mb": groups(&|g| json!(mb(acct.peak_kb.get(&g).copied().unwrap_or(0)))),
         "cpu_seconds": groups(&|g| json!(r1(acct.cpu_total.get(&g).copied().unwrap_or(0.0)))),
-        "hub_cpu_ms_per_1k_readings": if saturation_readings > 0.0 { json!(r1(saturation_cpu * 1e6 / saturation_readings)) } else { Value::Null },
+        "hub_cpu_ms_per_1k_readings": if sustained_readings > 0.0 { json!(r1(sustained_cpu * 1e6 / sustained_readings)) } else { Value::Null },
         "accepted": accepted_total,
         "stored": stored_total,
         "lost": lost,

@@ -99,6 +99,7 @@ impl Ingestor {
             device_id,
             channel,
             received_at_us,
+            metrics: parsed.metrics,
             readings: parsed.readings,
         };
         let msg_id = idempotency_key.map(|k| format!("{device_id}:{k}"));

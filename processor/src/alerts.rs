@@ -168,8 +168,17 @@ pub fn plan(
 pub fn collect(index: &RuleIndex, batches: &[Batch]) -> BTreeMap<Uuid, Vec<Point>> {
     let mut work: BTreeMap<Uuid, Vec<Point>> = BTreeMap::new();
     for b in batches {
+        // The rules of each of the batch's metrics, looked up once per batch.
+        let by_metric: Vec<&[Uuid]> = b
+            .metrics
+            .iter()
+            .map(|m| index.matching(b.device_id, m))
+            .collect();
         for r in &b.readings {
-            let rules = index.matching(b.device_id, &r.metric);
+            let rules = by_metric
+                .get(r.metric as usize)
+                .copied()
+                .unwrap_or_default();
             if rules.is_empty() {
                 continue;
             }

@@ -73,15 +73,19 @@ enum Poison {
 /// access to the subject could publish, and nothing non-finite may reach storage or rules.
 fn decode_valid(bytes: &[u8]) -> Result<Batch, Poison> {
     let batch = wire::decode(bytes)?;
+    if !batch
+        .metrics
+        .iter()
+        .all(|m| shared::ingest::valid_metric(m))
+    {
+        return Err(Poison::Invalid("invalid metric name".into()));
+    }
     for r in &batch.readings {
         if !r.value.is_finite() {
             return Err(Poison::Invalid(format!(
                 "non-finite value for metric {}",
-                r.metric
+                batch.metric_of(r).unwrap_or_default()
             )));
-        }
-        if !shared::ingest::valid_metric(&r.metric) {
-            return Err(Poison::Invalid("invalid metric name".into()));
         }
         if DateTime::<Utc>::from_timestamp_micros(r.ts_us).is_none() {
             return Err(Poison::Invalid(format!(
@@ -241,14 +245,15 @@ impl Writer {
     /// reading of every batch in one statement (a binary COPY; see
     /// [`storage::readings::store`]). Returns (new rows, rows sent).
     async fn write(&self, batches: &[Batch]) -> sqlx::Result<(u64, u64)> {
+        // Per batch and metric, not per reading: a batch names each of its metrics once.
         let missing: Vec<(Uuid, String)> = {
             let cache = self.series.lock().unwrap_or_else(|p| p.into_inner());
             let mut missing: Vec<(Uuid, String)> = Vec::new();
             for b in batches {
                 let known = cache.get(&b.device_id);
-                for r in &b.readings {
-                    if !known.is_some_and(|m| m.contains_key(&r.metric)) {
-                        missing.push((b.device_id, r.metric.clone()));
+                for m in &b.metrics {
+                    if !known.is_some_and(|k| k.contains_key(m)) {
+                        missing.push((b.device_id, m.clone()));
                     }
                 }
             }
@@ -271,14 +276,23 @@ impl Writer {
         };
         {
             let cache = self.series.lock().unwrap_or_else(|p| p.into_inner());
+            let mut ids: Vec<i32> = Vec::new();
             for b in batches {
                 let known = cache.get(&b.device_id);
-                for r in &b.readings {
-                    let Some(&id) = known.and_then(|m| m.get(&r.metric)) else {
+                ids.clear();
+                for m in &b.metrics {
+                    let Some(&id) = known.and_then(|k| k.get(m)) else {
                         return Err(sqlx::Error::Protocol(format!(
-                            "series for {} / {} was not created",
-                            b.device_id, r.metric
+                            "series for {} / {m} was not created",
+                            b.device_id
                         )));
+                    };
+                    ids.push(id);
+                }
+                for r in &b.readings {
+                    // decode() checked every position against the batch's metrics.
+                    let Some(&id) = ids.get(r.metric as usize) else {
+                        continue;
                     };
                     cols.series.push(id);
                     cols.ts_us.push(r.ts_us);
@@ -330,8 +344,9 @@ mod tests {
             device_id: Uuid::new_v4(),
             channel: Channel::Http,
             received_at_us: 0,
+            metrics: vec!["m".into()],
             readings: vec![Reading {
-                metric: "m".into(),
+                metric: 0,
                 ts_us: 1_700_000_000_000_000,
                 value: 1.0,
             }],
@@ -343,7 +358,7 @@ mod tests {
             Err(Poison::Invalid(_))
         ));
         batch.readings[0].value = 1.0;
-        batch.readings[0].metric = "bad metric".into();
+        batch.metrics[0] = "bad metric".into();
         assert!(matches!(
             decode_valid(&wire::encode(&batch)),
             Err(Poison::Invalid(_))

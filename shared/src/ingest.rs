@@ -47,11 +47,22 @@ pub struct Rejection {
     pub error: String,
 }
 
-/// The outcome for a body that was well-formed as a whole.
+/// The outcome for a body that was well-formed as a whole. Readings name their metric by
+/// position in `metrics` (each distinct name once), as a [`crate::wire::Batch`] does.
 #[derive(Debug, Default, PartialEq)]
 pub struct Parsed {
+    pub metrics: Vec<String>,
     pub readings: Vec<Reading>,
     pub rejected: Vec<Rejection>,
+}
+
+impl Parsed {
+    /// The name of a reading's metric.
+    pub fn metric_of(&self, reading: &Reading) -> Option<&str> {
+        self.metrics
+            .get(reading.metric as usize)
+            .map(String::as_str)
+    }
 }
 
 /// Faults of the body as a whole: nothing in it is accepted.
@@ -108,14 +119,30 @@ pub fn parse(body: &[u8], now_us: i64, limits: &Limits) -> Result<Parsed, BodyEr
         });
     }
     let mut parsed = Parsed {
+        metrics: Vec::new(),
         readings: Vec::with_capacity(items.len()),
         rejected: Vec::new(),
     };
+    // Each distinct name is copied out of the body once; readings carry its position.
+    let mut positions: HashMap<Cow<str>, u32> = HashMap::new();
     let mut indexes = Vec::with_capacity(items.len());
     for (index, raw) in items.into_iter().enumerate() {
         match parse_reading(raw, now_us, limits) {
-            Ok(r) => {
-                parsed.readings.push(r);
+            Ok((name, ts_us, value)) => {
+                let metric = match positions.get(&name) {
+                    Some(&m) => m,
+                    None => {
+                        let m = parsed.metrics.len() as u32;
+                        parsed.metrics.push(name.clone().into_owned());
+                        positions.insert(name, m);
+                        m
+                    }
+                };
+                parsed.readings.push(Reading {
+                    metric,
+                    ts_us,
+                    value,
+                });
                 indexes.push(index);
             }
             Err(error) => parsed.rejected.push(Rejection { index, error }),
@@ -130,10 +157,10 @@ pub fn parse(body: &[u8], now_us: i64, limits: &Limits) -> Result<Parsed, BodyEr
 /// accepted and never stored; it is refused here instead, naming the reading it repeats. (The
 /// usual cause: several readings of one metric without `ts`, which all take the receive time.)
 fn reject_repeats(parsed: &mut Parsed, indexes: &[usize]) {
-    let mut first: HashMap<(&str, i64), usize> = HashMap::with_capacity(parsed.readings.len());
+    let mut first: HashMap<(u32, i64), usize> = HashMap::with_capacity(parsed.readings.len());
     let mut repeats: Vec<(usize, usize)> = Vec::new();
     for (k, r) in parsed.readings.iter().enumerate() {
-        match first.entry((r.metric.as_str(), r.ts_us)) {
+        match first.entry((r.metric, r.ts_us)) {
             Entry::Occupied(e) => repeats.push((k, *e.get())),
             Entry::Vacant(e) => {
                 e.insert(indexes[k]);
@@ -145,15 +172,16 @@ fn reject_repeats(parsed: &mut Parsed, indexes: &[usize]) {
         return;
     }
     for &(k, of) in &repeats {
-        let r = &parsed.readings[k];
+        let r = parsed.readings[k];
+        let error = format!(
+            "reading {of} has the same metric {} and ts {}: a series has one value per \
+             timestamp (readings without ts take the receive time; give each its own ts)",
+            parsed.metric_of(&r).unwrap_or_default(),
+            rfc3339(r.ts_us)
+        );
         parsed.rejected.push(Rejection {
             index: indexes[k],
-            error: format!(
-                "reading {of} has the same metric {} and ts {}: a series has one value per \
-                 timestamp (readings without ts take the receive time; give each its own ts)",
-                r.metric,
-                rfc3339(r.ts_us)
-            ),
+            error,
         });
     }
     let mut drop_at = repeats.iter().map(|&(k, _)| k).peekable();
@@ -244,7 +272,12 @@ struct RawReading<'a> {
     ts: Option<&'a RawValue>,
 }
 
-fn parse_reading(raw: &RawValue, now_us: i64, limits: &Limits) -> Result<Reading, String> {
+/// A reading's metric name (borrowed from the body when it has no escapes), time and value.
+fn parse_reading<'a>(
+    raw: &'a RawValue,
+    now_us: i64,
+    limits: &Limits,
+) -> Result<(Cow<'a, str>, i64, f64), String> {
     if !raw.get().starts_with('{') {
         return Err(format!(
             "a reading must be a JSON object, got {}",
@@ -256,11 +289,7 @@ fn parse_reading(raw: &RawValue, now_us: i64, limits: &Limits) -> Result<Reading
     let metric = parse_metric(r.metric)?;
     let value = parse_value(r.value)?;
     let ts_us = parse_ts(r.ts, now_us, limits)?;
-    Ok(Reading {
-        metric,
-        ts_us,
-        value,
-    })
+    Ok((metric, ts_us, value))
 }
 
 pub const MAX_METRIC_LEN: usize = 128;
@@ -274,10 +303,16 @@ pub fn valid_metric(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_.:/-".contains(&b))
 }
 
-fn parse_metric(raw: Option<&RawValue>) -> Result<String, String> {
+fn parse_metric(raw: Option<&RawValue>) -> Result<Cow<'_, str>, String> {
     let raw = raw.ok_or("metric is required")?;
-    let name: String = serde_json::from_str(raw.get())
-        .map_err(|_| format!("metric must be a string, got {}", kind_of(raw.get())))?;
+    let text = raw.get();
+    let not_string = || format!("metric must be a string, got {}", kind_of(text));
+    // A JSON string without escapes is its own text between the quotes: no copy needed.
+    let name: Cow<str> = match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(inner) if !inner.contains('\\') => Cow::Borrowed(inner),
+        Some(_) => Cow::Owned(serde_json::from_str::<String>(text).map_err(|_| not_string())?),
+        None => return Err(not_string()),
+    };
     if valid_metric(&name) {
         Ok(name)
     } else if name.is_empty() || name.chars().count() > MAX_METRIC_LEN {

@@ -427,10 +427,11 @@ mod database {
             device_id,
             channel: Channel::Http,
             received_at_us: T0 * 1000,
+            metrics: vec!["m".into()],
             readings: readings
                 .iter()
                 .map(|&(i, value)| Reading {
-                    metric: "m".into(),
+                    metric: 0,
                     ts_us: (T0 + i * 1000) * 1000,
                     value,
                 })

@@ -22,14 +22,26 @@ fn one_error(reading: &str) -> String {
     parsed.rejected[0].error.clone()
 }
 
-fn one_ok(reading: &str) -> Reading {
+/// One accepted reading with its metric's name.
+struct Got {
+    metric: String,
+    ts_us: i64,
+    value: f64,
+}
+
+fn one_ok(reading: &str) -> Got {
     let parsed = run(&format!("[{reading}]")).unwrap();
     assert!(
         parsed.rejected.is_empty(),
         "{reading} rejected: {:?}",
         parsed.rejected
     );
-    parsed.readings[0].clone()
+    let r = parsed.readings[0];
+    Got {
+        metric: parsed.metric_of(&r).unwrap().to_owned(),
+        ts_us: r.ts_us,
+        value: r.value,
+    }
 }
 
 #[test]
@@ -42,7 +54,7 @@ fn the_three_body_shapes_are_accepted() {
     ] {
         let parsed = run(&body).unwrap();
         assert_eq!(parsed.readings.len(), 1, "{body}");
-        assert_eq!(parsed.readings[0].metric, "temperature");
+        assert_eq!(parsed.metric_of(&parsed.readings[0]), Some("temperature"));
         assert_eq!(parsed.readings[0].value, 21.5);
         assert_eq!(parsed.readings[0].ts_us, NOW - 3_600_000_000);
     }
@@ -405,4 +417,31 @@ fn a_repeated_metric_and_time_in_one_body_is_refused_naming_the_first() {
     )
     .unwrap();
     assert_eq!(two.readings.len(), 2);
+}
+
+/// Readings name their metric by position in the parsed body's list of distinct names; the same
+/// name written with JSON escapes is the same metric (and so its repeat at one time is caught).
+#[test]
+fn each_distinct_metric_is_listed_once_and_escapes_name_the_same_metric() {
+    let parsed = run(r#"[
+        {"metric":"a/b","value":1,"ts":"2026-12-03T09:00:00Z"},
+        {"metric":"t","value":2,"ts":"2026-12-03T09:00:00Z"},
+        {"metric":"a\/b","value":3,"ts":"2026-12-03T09:00:01Z"},
+        {"metric":"\u0074","value":4,"ts":"2026-12-03T09:00:01Z"},
+        {"metric":"a\u002fb","value":5,"ts":"2026-12-03T09:00:00Z"}]"#)
+    .unwrap();
+    assert_eq!(parsed.metrics, ["a/b", "t"]);
+    let names: Vec<&str> = parsed
+        .readings
+        .iter()
+        .map(|r| parsed.metric_of(r).unwrap())
+        .collect();
+    assert_eq!(names, ["a/b", "t", "a/b", "t"]);
+    assert_eq!(parsed.rejected.len(), 1);
+    assert_eq!(parsed.rejected[0].index, 4);
+    assert!(
+        parsed.rejected[0].error.contains("reading 0"),
+        "{:?}",
+        parsed.rejected
+    );
 }

@@ -76,7 +76,7 @@ pub struct GatewayConfig {
     pub mqtt: MqttArgs,
 }
 
-/// Limits on what one request or publish may carry (DESIGN §3).
+/// Limits on what one request or publish may carry.
 #[derive(Debug, Clone, clap::Args)]
 pub struct IngestLimitArgs {
     /// Largest accepted body (HTTP) or payload (MQTT), in bytes.

@@ -1,5 +1,5 @@
 //! Processor configuration: every setting is a flag and an environment variable with a default
-//! that works on one machine (DESIGN §10).
+//! that works on one machine (the README's configuration table).
 
 use shared::config::{HttpArgs, LogArgs, NatsArgs};
 use shared::keys::Secret;

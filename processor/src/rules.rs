@@ -15,7 +15,7 @@ use uuid::Uuid;
 pub use cache::RuleCache;
 pub use manage::Rules;
 
-/// The three kinds of condition of DESIGN §6.
+/// The three kinds of condition (docs/rules-and-alerts.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum RuleType {
     /// Violated when the value is above `max`.

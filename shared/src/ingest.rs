@@ -1,4 +1,4 @@
-//! Turning a device's JSON body into validated readings (DESIGN §3). Pure: the caller passes the
+//! Turning a device's JSON body into validated readings (docs/api.md). Pure: the caller passes the
 //! receive time, so every rule is testable without a clock.
 //!
 //! Accepted shapes: `{"readings":[…]}`, a bare array of readings, or one reading object. Every

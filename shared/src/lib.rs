@@ -1,7 +1,7 @@
 //! What the gateway and the processor must agree on, and nothing that only one of them needs.
 //!
 //! - [`wire`]: the batch that travels over JetStream and its versioned bincode codec.
-//! - [`ingest`]: parsing and validating a device's JSON body into readings (DESIGN §3), pure.
+//! - [`ingest`]: parsing and validating a device's JSON body into readings (docs/api.md), pure.
 //! - [`keys`]: the device API key format, its hash, and the record mirrored into the KV bucket.
 //! - [`names`]: every NATS name the hub owns, derived from the namespace.
 //! - [`backbone`]: idempotent creation of the stream and the key bucket (works on nats-server 2.9).

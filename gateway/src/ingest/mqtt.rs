@@ -1,4 +1,4 @@
-//! The receive-only MQTT 3.1.1 face of the ingest path (DESIGN §3, issue 4).
+//! The receive-only MQTT 3.1.1 face of the ingest path (docs/mqtt.md).
 //!
 //! One tokio task per TCP connection; packets are framed and written with the rumqtt project's
 //! codec (`rumqttc::mqttbytes::v4`). Why this is not the embedded broker `rumqttd`: see
@@ -71,7 +71,7 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 /// blocked write would also stop keep-alive enforcement.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A revoked device's connection must close within about a second (issue 4), so publishes still
+/// A revoked device's connection must close within about a second, so publishes still
 /// waiting for JetStream get only this long to finish.
 const REVOKED_DRAIN: Duration = Duration::from_millis(500);
 

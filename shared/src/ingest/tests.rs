@@ -1,4 +1,4 @@
-//! The ingest rules of DESIGN §3, one table row per rule.
+//! The ingest rules of docs/api.md (`POST /ingest`), one table row per rule.
 
 use super::*;
 

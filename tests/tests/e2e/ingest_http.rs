@@ -1,4 +1,5 @@
-//! `POST /ingest` over HTTP: every status of DESIGN §3 and the cases C1–C6, C9, C10.
+//! `POST /ingest` over HTTP: every status of docs/api.md and the cases C1–C6, C9, C10 (inputs that broke comparable
+//! systems).
 
 use hub_tests::hub::{HubOptions, TestHub};
 use reqwest::Method;

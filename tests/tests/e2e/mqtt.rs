@@ -1,4 +1,4 @@
-//! The gateway's receive-only MQTT 3.1.1 endpoint (issue 4), driven by the real `mosquitto_pub`,
+//! The gateway's receive-only MQTT 3.1.1 endpoint, driven by the real `mosquitto_pub`,
 //! by rumqttc's client, and — where a test must control packet ids, the DUP flag or watch for a
 //! PUBACK that must *not* come — by a bare client written with rumqttc's own codec.
 

@@ -1,4 +1,4 @@
-//! Observability (issue 6, DESIGN §8): the metric families of both processes carry the values of
+//! Observability (docs/observability.md): the metric families of both processes carry the values of
 //! the traffic sent and pass `promtool check metrics`; logs are JSON lines with the house fields
 //! and no secret; `/readyz` follows the real dependencies going away and coming back.
 //!
@@ -412,7 +412,7 @@ fn forged(device: &TestDevice) -> String {
 // ---------------------------------------------------------------------------------------------
 // Metrics
 
-/// Proves that every family of issue 6 is exported and recorded where it happens: after known
+/// Proves that every family of docs/observability.md is exported and recorded where it happens: after known
 /// traffic the gateway's counters by channel/outcome, auth failures, HTTP counters by route
 /// template and the latency histograms move by exactly what was sent; the processor's written
 /// readings equal the readings sent, its batch and latency histograms count the messages, a

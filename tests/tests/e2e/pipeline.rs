@@ -48,7 +48,7 @@ async fn a_reading_sent_to_the_gateway_comes_back_from_the_api() {
     assert!(page["next_cursor"].is_null());
 }
 
-/// The login contract of DESIGN §7, and that a wrong password and an unknown user get the same
+/// The login contract (docs/api.md), and that a wrong password and an unknown user get the same
 /// answer.
 #[tokio::test]
 async fn login_returns_a_bearer_token_and_refuses_bad_credentials_alike() {

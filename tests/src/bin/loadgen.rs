@@ -398,7 +398,9 @@ async fn mqtt(args: MqttArgs) -> anyhow::Result<()> {
                 Ok((client, eventloop))
             }
         })
-        .buffer_unordered(64)
+        // In order (64 at a time): each connection is zipped with its device below, and a
+        // connection must publish on its own device's topic.
+        .buffered(64)
         .collect()
         .await;
     let connected = connected.into_iter().collect::<anyhow::Result<Vec<_>>>()?;

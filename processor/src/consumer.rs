@@ -44,6 +44,12 @@ pub async fn ensure_consumer(
         .await?)
 }
 
+/// How often a device's `last_seen_at` is written at most (see `Writer::touch_devices`).
+const LAST_SEEN_EVERY_US: i64 = 1_000_000;
+
+/// When each device's `last_seen_at` was last written by this process (its receive time, µs).
+pub type TouchedDevices = Arc<Mutex<HashMap<Uuid, i64>>>;
+
 /// Series ids never change once created, so every writer of the process shares one cache. Keyed
 /// by device, then metric, so that a lookup borrows the reading's metric instead of copying it.
 pub type SeriesCache = Arc<Mutex<HashMap<Uuid, HashMap<String, i32>>>>;
@@ -55,6 +61,7 @@ pub struct Writer {
     /// Runs after each commit and before the acks (see [`Writer::handle`]).
     pub alerts: crate::alerts::Engine,
     pub series: SeriesCache,
+    pub touched: TouchedDevices,
     pub fetch_batch: usize,
     pub fetch_linger: Duration,
     pub fault_pause_before_ack: bool,
@@ -304,13 +311,34 @@ impl Writer {
         Ok((inserted, total as u64))
     }
 
+    /// Moves `last_seen_at` forward for the batches' devices, at most once a second per device
+    /// in this process: it is a "when did we last hear from it" for people, and writing it for
+    /// every batch cost a row version and a commit (an fsync) per write, as much as the readings'
+    /// own commit.
     async fn touch_devices(&self, batches: &[Batch]) {
-        let seen: Vec<(Uuid, DateTime<Utc>)> = batches
-            .iter()
-            .filter_map(|b| {
-                DateTime::from_timestamp_micros(b.received_at_us).map(|t| (b.device_id, t))
-            })
-            .collect();
+        let seen: Vec<(Uuid, DateTime<Utc>)> = {
+            let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+            if touched.len() > 1_000_000 {
+                touched.clear();
+            }
+            batches
+                .iter()
+                .filter(|b| {
+                    let last = touched.entry(b.device_id).or_insert(i64::MIN);
+                    let due = b.received_at_us.saturating_sub(*last) >= LAST_SEEN_EVERY_US;
+                    if due {
+                        *last = b.received_at_us;
+                    }
+                    due
+                })
+                .filter_map(|b| {
+                    DateTime::from_timestamp_micros(b.received_at_us).map(|t| (b.device_id, t))
+                })
+                .collect()
+        };
+        if seen.is_empty() {
+            return;
+        }
         if let Err(e) = storage::devices::touch_last_seen(&self.db, seen).await {
             tracing::debug!(error = %e, "Cannot update last_seen_at.");
         }

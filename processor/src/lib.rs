@@ -155,6 +155,7 @@ impl Application {
                 rules: state.rules.cache.clone(),
             },
             series: Default::default(),
+            touched: Default::default(),
             fetch_batch: config.consumer.fetch_batch.max(1),
             fetch_linger: std::time::Duration::from_millis(config.consumer.fetch_linger_ms),
             fault_pause_before_ack: config.consumer.fault_pause_before_ack,

@@ -80,13 +80,22 @@ const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 /// The batch in PostgreSQL's binary COPY format: a header, then per row the field count and
 /// each field as length + big-endian value (`int4`, `timestamptz` as microseconds since 2000,
 /// `float8`), then the trailer.
+///
+/// Rows go in `(series_id, ts)` order, the order of the unique index: a batch interleaves many
+/// series (every device sends several metrics in turn), and in arrival order each row's index
+/// entry lands on another leaf page than the row before; sorted, consecutive entries share a
+/// leaf page that is already in cache, and the heap holds each series' rows together.
 fn copy_binary(cols: &Columns) -> Vec<u8> {
     const ROW: usize = 2 + (4 + 4) + (4 + 8) + (4 + 8);
+    let mut order: Vec<u32> = (0..cols.series.len() as u32).collect();
+    order.sort_unstable_by_key(|&i| (cols.series[i as usize], cols.ts_us[i as usize]));
     let mut out = Vec::with_capacity(19 + cols.series.len() * ROW + 2);
     out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
     out.extend_from_slice(&0i32.to_be_bytes()); // flags
     out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
-    for ((series, ts), value) in cols.series.iter().zip(&cols.ts_us).zip(&cols.value) {
+    for i in order {
+        let i = i as usize;
+        let (series, ts, value) = (cols.series[i], cols.ts_us[i], cols.value[i]);
         out.extend_from_slice(&3i16.to_be_bytes());
         out.extend_from_slice(&4i32.to_be_bytes());
         out.extend_from_slice(&series.to_be_bytes());
@@ -500,5 +509,34 @@ mod tests {
         assert_eq!(&row[14..22], &1000i64.to_be_bytes());
         assert_eq!(&row[26..34], &1.5f64.to_bits().to_be_bytes());
         assert_eq!(&data[data.len() - 2..], &(-1i16).to_be_bytes());
+    }
+
+    #[test]
+    fn binary_copy_rows_go_in_index_order() {
+        let cols = Columns {
+            series: vec![2, 1, 2, 1],
+            ts_us: vec![
+                PG_EPOCH_OFFSET_US + 5,
+                PG_EPOCH_OFFSET_US + 9,
+                PG_EPOCH_OFFSET_US + 1,
+                PG_EPOCH_OFFSET_US + 3,
+            ],
+            value: vec![0.0, 1.0, 2.0, 3.0],
+        };
+        let data = copy_binary(&cols);
+        let rows: Vec<(i32, i64, f64)> = data[19..data.len() - 2]
+            .chunks(34)
+            .map(|r| {
+                (
+                    i32::from_be_bytes(r[6..10].try_into().unwrap()),
+                    i64::from_be_bytes(r[14..22].try_into().unwrap()),
+                    f64::from_bits(u64::from_be_bytes(r[26..34].try_into().unwrap())),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            vec![(1, 3, 3.0), (1, 9, 1.0), (2, 1, 2.0), (2, 5, 0.0)]
+        );
     }
 }

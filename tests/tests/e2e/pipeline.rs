@@ -46,6 +46,19 @@ async fn a_reading_sent_to_the_gateway_comes_back_from_the_api() {
         0.00476416302416414f64.to_bits()
     );
     assert!(page["next_cursor"].is_null());
+
+    // The device's last_seen_at moves to the receive time of what it sent.
+    let (hub_ref, token_ref) = (&hub, &token);
+    let path = format!("/devices/{}", device.id);
+    hub_tests::hub::wait_until(
+        std::time::Duration::from_secs(5),
+        "last_seen_at to be set",
+        || async {
+            let (_, d) = hub_ref.api(Method::GET, &path, token_ref, None).await;
+            d["last_seen_at"].is_string()
+        },
+    )
+    .await;
 }
 
 /// The login contract (docs/api.md), and that a wrong password and an unknown user get the same

@@ -77,7 +77,7 @@ impl Application {
             metrics.clone(),
         );
         let js = publisher.context().clone();
-        shared::backbone::ensure_stream(&js, &names, Default::default()).await?;
+        shared::backbone::ensure_stream(&js, &names, config.nats.stream_limits()).await?;
         let store = shared::backbone::ensure_key_bucket(&js, &names).await?;
 
         let registry = Arc::new(auth::KeyRegistry::new(metrics.clone()));

@@ -81,7 +81,7 @@ impl Application {
             .await
             .with_context(|| format!("cannot connect to NATS at {}", config.nats.nats_url))?;
         let js = async_nats::jetstream::new(nats.clone());
-        shared::backbone::ensure_stream(&js, &names, Default::default()).await?;
+        shared::backbone::ensure_stream(&js, &names, config.nats.stream_limits()).await?;
         let bucket = shared::backbone::ensure_key_bucket(&js, &names).await?;
         devices::reconcile(&db, &bucket)
             .await

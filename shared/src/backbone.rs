@@ -36,6 +36,14 @@ pub enum BackboneError {
         stream: String,
         source: async_nats::Error,
     },
+    /// Named on its own because the fix is the operator's: JetStream reserves the stream's
+    /// whole byte limit up front, and a small or nearly full disk cannot hold it.
+    #[error(
+        "cannot create or update stream {stream}: JetStream has no room to reserve {max_bytes} \
+         bytes for it; lower --stream-max-bytes (HUB_STREAM_MAX_BYTES) or give the NATS server \
+         more store (max_file_store, by default 75% of its free disk)"
+    )]
+    NoRoom { stream: String, max_bytes: i64 },
     #[error("cannot create or open key bucket {bucket}: {source}")]
     Bucket {
         bucket: String,
@@ -63,12 +71,20 @@ pub async fn ensure_stream(
         duplicate_window: limits.duplicate_window,
         ..Default::default()
     };
-    js.create_or_update_stream(config)
-        .await
-        .map_err(|e| BackboneError::Stream {
+    js.create_or_update_stream(config).await.map_err(|e| {
+        if let jetstream::context::CreateStreamErrorKind::JetStream(js) = e.kind()
+            && js.error_code() == jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED
+        {
+            return BackboneError::NoRoom {
+                stream: names.stream(),
+                max_bytes: limits.max_bytes,
+            };
+        }
+        BackboneError::Stream {
             stream: names.stream(),
             source: e.into(),
-        })?;
+        }
+    })?;
     Ok(())
 }
 

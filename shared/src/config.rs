@@ -13,11 +13,30 @@ pub struct NatsArgs {
     /// several hubs or parallel test runs can share one NATS server.
     #[arg(long, env = "HUB_NAMESPACE", default_value = "hub")]
     pub namespace: String,
+
+    /// Bytes the telemetry stream may hold before it refuses new readings (the gateway then
+    /// answers 503). JetStream reserves this much of its store when the stream is created, so
+    /// the server's `max_file_store` (by default 75% of its free disk) must be at least this.
+    /// Set the same value on every gateway and processor: each brings the stream up to it.
+    #[arg(
+        long,
+        env = "HUB_STREAM_MAX_BYTES",
+        default_value_t = crate::backbone::StreamLimits::default().max_bytes,
+        value_parser = clap::value_parser!(i64).range(1024 * 1024..)
+    )]
+    pub stream_max_bytes: i64,
 }
 
 impl NatsArgs {
     pub fn names(&self) -> Result<Names, crate::names::InvalidNamespace> {
         Names::new(&self.namespace)
+    }
+
+    pub fn stream_limits(&self) -> crate::backbone::StreamLimits {
+        crate::backbone::StreamLimits {
+            max_bytes: self.stream_max_bytes,
+            ..Default::default()
+        }
     }
 }
 

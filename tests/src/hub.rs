@@ -34,6 +34,8 @@ pub struct HubOptions {
     pub gateway_env: Vec<(String, String)>,
     /// Extra environment for every processor.
     pub processor_env: Vec<(String, String)>,
+    /// `HUB_STREAM_MAX_BYTES` of every process; `None` leaves the product default.
+    pub stream_max_bytes: Option<i64>,
 }
 
 impl Default for HubOptions {
@@ -49,6 +51,10 @@ impl Default for HubOptions {
                 ("PROCESSOR_LOGIN_RATE_PER_MIN".into(), "100000".into()),
                 ("PROCESSOR_LOGIN_BURST".into(), "1000".into()),
             ],
+            // JetStream reserves a stream's whole byte limit when it is created, against a store
+            // sized from the free disk: tests running side by side each take a small window,
+            // so that the suite does not need tens of GB free.
+            stream_max_bytes: Some(256 * 1024 * 1024),
         }
     }
 }
@@ -158,11 +164,15 @@ impl TestHub {
     }
 
     fn common_env(&self) -> Vec<(String, String)> {
-        vec![
+        let mut env = vec![
             ("NATS_URL".into(), self.opts.nats_url.clone()),
             ("HUB_NAMESPACE".into(), self.namespace.clone()),
             ("LOG_FORMAT".into(), "json".into()),
-        ]
+        ];
+        if let Some(bytes) = self.opts.stream_max_bytes {
+            env.push(("HUB_STREAM_MAX_BYTES".into(), bytes.to_string()));
+        }
+        env
     }
 
     pub fn processor_env(&self) -> Vec<(String, String)> {

@@ -1,7 +1,7 @@
 //! The durable pull consumer: fetch many messages, write them in one statement, commit, then
 //! acknowledge. Nothing is acknowledged before it is stored.
 //!
-//! Outcomes map to acknowledgements in one place ([`Writer::handle`]):
+//! Outcomes map to acknowledgements in one place (`Writer::handle`):
 //! stored → ack; database unavailable → nak with back-off (redelivered later, to any copy);
 //! undecodable or invalid → term (counted and logged; it can never succeed, so it must not
 //! block the stream).
@@ -58,7 +58,7 @@ pub type SeriesCache = Arc<Mutex<HashMap<Uuid, HashMap<String, i32>>>>;
 pub struct Writer {
     pub db: PgPool,
     pub metrics: Metrics,
-    /// Runs after each commit and before the acks (see [`Writer::handle`]).
+    /// Runs after each commit and before the acks (see `Writer::handle`).
     pub alerts: crate::alerts::Engine,
     pub series: SeriesCache,
     pub touched: TouchedDevices,

@@ -20,7 +20,7 @@
 //!   per connection, so a DUP redelivery after a reconnect (to this or another gateway) lands on
 //!   the same id inside the stream's duplicate window.
 //!
-//! Refusals are one [`Close`] value or one [`Event`], each of which logs one line and counts one
+//! Refusals are one `Close` value or one `Event`, each of which logs one line and counts one
 //! `mqtt_events_total{kind}` sample, so the log and the metric cannot drift.
 
 use crate::auth::{AuthFailure, KeyRegistry};

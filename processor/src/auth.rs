@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use shared::keys::Secret;
 use uuid::Uuid;
 
+mod hs256;
+
+pub use hs256::install as install_token_crypto;
+
 pub const MIN_SECRET_BYTES: usize = 32;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -43,6 +47,7 @@ impl Tokens {
                 bytes.len()
             );
         }
+        hs256::install()?;
         // Only HS256 is accepted: `alg: none` and every other algorithm fail validation.
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "iat", "sub"]);

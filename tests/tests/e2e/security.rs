@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 fn token_with(secret: &str, sub: &str, role: &str, iat: i64, exp: i64) -> String {
     let claims = json!({ "sub": sub, "role": role, "iat": iat, "exp": exp });
+    processor::auth::install_token_crypto().unwrap();
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,

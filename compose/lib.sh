@@ -36,3 +36,34 @@ wait_http() {
   done
   return 1
 }
+
+# Deletes JetStream streams by name ($JS.API.STREAM.DELETE). Debian ships no NATS command-line
+# client, so this speaks the NATS text protocol from python3; a missing stream is not an error.
+nats_delete_streams() {
+  python3 - "${NATS_URL:-nats://127.0.0.1:4222}" "$@" <<'PY'
+import json, socket, sys
+from urllib.parse import urlsplit
+url = urlsplit(sys.argv[1])
+sock = socket.create_connection((url.hostname or "127.0.0.1", url.port or 4222), timeout=10)
+f = sock.makefile("rb")
+f.readline()  # INFO
+sock.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB _INBOX.hubreset 1\r\n')
+for name in sys.argv[2:]:
+    sock.sendall(f"PUB $JS.API.STREAM.DELETE.{name} _INBOX.hubreset 0\r\n\r\n".encode())
+    while True:
+        line = f.readline()
+        if not line:
+            sys.exit(f"NATS closed the connection while deleting {name}")
+        if line.startswith(b"PING"):
+            sock.sendall(b"PONG\r\n")
+        elif line.startswith(b"-ERR"):
+            sys.exit(f"NATS refused: {line.decode().strip()}")
+        elif line.startswith(b"MSG"):
+            reply = json.loads(f.read(int(line.split()[-1]) + 2))
+            if reply.get("success"):
+                print(f"deleted stream {name}")
+            elif reply.get("error", {}).get("err_code") != 10059:  # 10059: stream not found
+                sys.exit(f"cannot delete stream {name}: {reply['error']}")
+            break
+PY
+}

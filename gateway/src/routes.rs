@@ -76,7 +76,8 @@ fn rate_limited(metrics: &crate::observability::Metrics, e: GovernorError) -> Re
                 .with_label_values(&["http", "rate_limited"])
                 .inc();
             GatewayError::RateLimited {
-                retry_after_secs: wait_time,
+                // Whole seconds, at least one: the message says what `Retry-After` says.
+                retry_after_secs: wait_time.max(1),
             }
             .into_response()
         }

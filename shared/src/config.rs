@@ -14,8 +14,8 @@ pub struct NatsArgs {
     #[arg(long, env = "HUB_NAMESPACE", default_value = "hub")]
     pub namespace: String,
 
-    /// Bytes the telemetry stream may hold before it refuses new readings (the gateway then
-    /// answers 503). JetStream reserves this much of its store when the stream is created, so
+    /// Bytes of readings waiting for a processor that the telemetry stream may hold before it
+    /// refuses new ones (the gateway then answers 503); processed messages leave it. JetStream reserves this much of its store when the stream is created, so
     /// the server's `max_file_store` (by default 75% of its free disk) must be at least this.
     /// Set the same value on every gateway and processor: each brings the stream up to it.
     #[arg(

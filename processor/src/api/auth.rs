@@ -113,7 +113,8 @@ pub fn router(config: &ServeConfig) -> OpenApiRouter<AppState> {
 pub fn governor_error(e: GovernorError) -> axum::response::Response {
     match e {
         GovernorError::TooManyRequests { wait_time, .. } => ApiError::RateLimited {
-            retry_after_secs: wait_time,
+            // Whole seconds, at least one: the message says what `Retry-After` says.
+            retry_after_secs: wait_time.max(1),
         }
         .into_response(),
         other => ApiError::Internal(anyhow::anyhow!("rate limiter: {other}")).into_response(),

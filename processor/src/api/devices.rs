@@ -50,7 +50,9 @@ pub struct DeviceWithKey {
     pub api_key: String,
 }
 
+/// Unknown fields are refused: a client that sends `"enabled": false` must not get a live device.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateDevice {
     /// 1-200 characters once trimmed, not only white space, no control characters.
     #[schema(

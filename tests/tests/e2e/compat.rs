@@ -138,3 +138,62 @@ async fn a_stream_limit_the_server_cannot_reserve_is_refused_with_the_setting_to
     server.kill();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A stream made by a build before work-queue retention keeps processed messages until they age
+/// out, and JetStream cannot change retention in place: the binaries refuse it and say how to
+/// drain and remove it, instead of running on a stream that fills up with stored readings.
+#[tokio::test]
+async fn a_stream_that_keeps_processed_messages_is_refused_with_how_to_replace_it() {
+    use async_nats::jetstream::stream;
+    let namespace = format!("t{}", hub_tests::unique_suffix());
+    let names = shared::names::Names::new(&namespace).unwrap();
+    let js = async_nats::jetstream::new(
+        async_nats::connect(hub_tests::hub::nats_url())
+            .await
+            .unwrap(),
+    );
+    js.create_stream(stream::Config {
+        name: names.stream(),
+        subjects: vec![names.readings_wildcard()],
+        retention: stream::RetentionPolicy::Limits,
+        max_bytes: 1024 * 1024,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let mut gateway = Process::spawn(
+        &format!("{namespace}-gateway-old-stream"),
+        &hub_tests::binaries().gateway,
+        &["serve"],
+        &[
+            ("NATS_URL".to_string(), hub_tests::hub::nats_url()),
+            ("HUB_NAMESPACE".to_string(), namespace.clone()),
+            ("GATEWAY_HTTP_ADDR".to_string(), "127.0.0.1:0".to_string()),
+            ("GATEWAY_MQTT_ADDR".to_string(), "127.0.0.1:0".to_string()),
+        ],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while gateway.is_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway kept running on a stream with limits retention:\n{}",
+            gateway.lines().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = gateway.lines().join("\n");
+    let info = js
+        .get_stream(names.stream())
+        .await
+        .map(|s| s.cached_info().clone());
+    js.delete_stream(names.stream()).await.unwrap();
+    assert!(
+        log.contains("retention limits")
+            && log.contains(&format!("nats stream rm {}", names.stream())),
+        "the error does not say what is wrong and what to do:\n{log}"
+    );
+    // The old stream is left as it was: nothing in it is thrown away by the refusal.
+    let info = info.unwrap();
+    assert_eq!(info.config.retention, stream::RetentionPolicy::Limits);
+}

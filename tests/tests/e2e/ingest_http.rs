@@ -414,3 +414,43 @@ async fn the_gateway_answers_503_when_jetstream_cannot_store() {
         "unavailable"
     );
 }
+
+/// The stream's byte limit bounds what waits for a processor, not what was already stored: a
+/// stream of 1 MiB takes many times that over time while the processor keeps up (messages leave
+/// it when acked), where a stream that kept processed messages would answer 503 after a few.
+#[tokio::test]
+async fn the_stream_limit_bounds_only_what_waits_for_a_processor() {
+    let limit: i64 = 1024 * 1024;
+    let hub = TestHub::start_with(HubOptions {
+        processors: 1,
+        stream_max_bytes: Some(limit),
+        ..Default::default()
+    })
+    .await;
+    let token = hub.admin_token().await;
+    let d = hub.create_device(&token, "steady").await;
+    let js = async_nats::jetstream::new(async_nats::connect(&hub.opts.nats_url).await.unwrap());
+    let names = shared::names::Names::new(&hub.namespace).unwrap();
+    let per_body: i64 = 10_000;
+    let rounds: i64 = 16;
+    for round in 0..rounds {
+        let base = 1_767_225_600_000 + round * per_body;
+        let readings: Vec<Value> = (0..per_body)
+            .map(|i| json!({"metric": "m", "value": i as f64 + 0.5, "ts": base + i}))
+            .collect();
+        let (status, body) = hub
+            .ingest(&d.key, json!({ "readings": readings }).to_string())
+            .await;
+        assert_eq!(status, 202, "round {round}: {body}");
+        hub.wait_stored(d.id, (round + 1) * per_body).await;
+    }
+    // Each message holds 10 000 readings of at least 16 bytes (an f64 value and a timestamp),
+    // so the stream took over 2.5 MiB in all, more than twice its limit.
+    let mut stream = js.get_stream(names.stream()).await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    assert_eq!(state.last_sequence, rounds as u64, "{state:?}");
+    assert!(
+        state.messages <= 1,
+        "processed messages stay in the stream: {state:?}"
+    );
+}

@@ -607,8 +607,21 @@ async fn a_qos1_publish_while_jetstream_is_unavailable_is_acknowledged_only_once
     hub.start_processor().await;
     hub.wait_stored(d.id, 1).await;
     let mut stream = js.get_stream(names.stream()).await.unwrap();
-    let messages = stream.info().await.unwrap().state.messages;
-    assert_eq!(messages, 1, "the stream holds the message once");
+    let state = stream.info().await.unwrap().state.clone();
+    assert_eq!(state.last_sequence, 1, "the stream took the message once");
+    // Work-queue retention: once the processor acked it (after the commit), it is gone.
+    wait_until(
+        Duration::from_secs(10),
+        "the stored message leaves the stream",
+        || async {
+            js.get_stream(names.stream())
+                .await
+                .ok()
+                .map(|s| s.cached_info().state.messages)
+                == Some(0)
+        },
+    )
+    .await;
 }
 
 /// Case C5 over MQTT: a QoS 1 message redelivered with the same packet id and DUP set — after a

@@ -90,6 +90,27 @@ async fn device_lifecycle_is_mirrored_to_the_gateway() {
     let one = r#"{"metric":"p","value":1}"#;
     assert_eq!(hub.ingest(&device.key, one).await.0, 202);
 
+    // A field the API does not know is refused, not dropped: a client asking for a disabled
+    // device must not get a live key.
+    let (status, err) = hub
+        .api(
+            Method::POST,
+            "/devices",
+            &token,
+            Some(json!({"name": "pump-off", "enabled": false})),
+        )
+        .await;
+    assert_eq!(status, 422, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("enabled"),
+        "{err}"
+    );
+    let (_, all) = hub.api(Method::GET, "/devices", &token, None).await;
+    assert!(!all.to_string().contains("pump-off"), "{all}");
+
     let (status, got) = hub
         .api(
             Method::GET,

@@ -288,17 +288,19 @@ async fn login_brute_force_is_rate_limited_per_client() {
         statuses[..statuses.len() - 1].iter().all(|s| *s == 401),
         "{statuses:?}"
     );
-    assert!(
-        r.headers()["retry-after"]
-            .to_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            >= 1
-    );
+    let retry_after = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    assert!(retry_after >= 1);
+    let body = r.json::<Value>().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // The message tells the same wait as the header.
     assert_eq!(
-        r.json::<Value>().await.unwrap()["error"]["code"],
-        "rate_limited"
+        body["error"]["message"],
+        format!("too many requests; retry after {retry_after} s"),
+        "{body}"
     );
 }
 

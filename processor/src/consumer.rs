@@ -345,18 +345,51 @@ impl Writer {
     }
 }
 
-/// Polls the consumer's pending counts into gauges, for dashboards and autoscaling.
-pub async fn poll_pending(consumer: PullConsumer, metrics: Metrics, cancel: CancellationToken) {
+/// How often each processor polls the consumer and trims the stream.
+const POLL_EVERY: Duration = Duration::from_secs(1);
+
+/// Polls the consumer's pending counts into gauges (for dashboards and autoscaling), and trims
+/// the stream of what the consumer has acknowledged.
+///
+/// The stream keeps messages by limits (see `shared::backbone::ensure_stream`), so without the
+/// trim it would fill with messages already stored, and ingest would answer 503 with nothing
+/// left to process. Every message at or below the consumer's ack floor has been committed and
+/// acked, so purging below floor + 1 removes only those: one request a second, whole blocks at
+/// a time, where a work queue would remove every message on its own ack. Every processor copy
+/// trims; purging what is already gone is a no-op.
+pub async fn poll_and_trim(
+    consumer: PullConsumer,
+    stream: jetstream::stream::Stream,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) {
+    let mut trimmed_to = 0u64;
     loop {
         if let Ok(info) = consumer.get_info().await {
             metrics.consumer_pending.set(info.num_pending as i64);
             metrics
                 .consumer_ack_pending
                 .set(info.num_ack_pending as i64);
+            let floor = info.ack_floor.stream_sequence;
+            // Sequences going back mean the stream was deleted and made again.
+            if floor < trimmed_to {
+                trimmed_to = 0;
+            }
+            if floor > trimmed_to {
+                match stream.purge().sequence(floor.saturating_add(1)).await {
+                    Ok(purged) => {
+                        trimmed_to = floor;
+                        metrics.stream_trimmed.inc_by(purged.purged);
+                    }
+                    Err(e) => {
+                        tracing::debug!(module = "consumer", operation = "trim", error = %e, "Cannot trim the stream.")
+                    }
+                }
+            }
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = tokio::time::sleep(POLL_EVERY) => {}
         }
     }
 }

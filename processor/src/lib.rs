@@ -53,6 +53,8 @@ pub struct Application {
     config: ServeConfig,
     cancel: CancellationToken,
     rule_announcements: async_nats::Subscriber,
+    /// The telemetry stream, trimmed of what the consumer acknowledged.
+    stream: async_nats::jetstream::stream::Stream,
 }
 
 impl Application {
@@ -87,6 +89,10 @@ impl Application {
             .await
             .context("cannot reconcile the key bucket")?;
         let consumer = consumer::ensure_consumer(&js, &names, &config.consumer).await?;
+        let stream = js
+            .get_stream(names.stream())
+            .await
+            .with_context(|| format!("cannot open stream {}", names.stream()))?;
         // Subscribe before the first load, so that no change committed after the load is missed.
         let rule_announcements = nats
             .subscribe(names.rules_changed_subject())
@@ -128,6 +134,7 @@ impl Application {
             config,
             cancel,
             rule_announcements,
+            stream,
         })
     }
 
@@ -145,6 +152,7 @@ impl Application {
             config,
             cancel,
             rule_announcements,
+            stream,
         } = self;
         let writer = consumer::Writer {
             db: state.db.clone(),
@@ -167,8 +175,9 @@ impl Application {
             ));
         }
         let background = vec![
-            tokio::spawn(consumer::poll_pending(
+            tokio::spawn(consumer::poll_and_trim(
                 state.consumer.clone(),
+                stream.clone(),
                 state.metrics.clone(),
                 cancel.clone(),
             )),

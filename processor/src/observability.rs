@@ -30,6 +30,7 @@ pub struct Inner {
     pub redeliveries: IntCounter,
     pub consumer_pending: IntGauge,
     pub consumer_ack_pending: IntGauge,
+    pub stream_trimmed: IntCounter,
     pub rule_evaluations: IntCounter,
     pub rules_failures: IntCounter,
     pub alerts: IntCounterVec,
@@ -142,6 +143,10 @@ impl Metrics {
             consumer_ack_pending: gauge(
                 "consumer_ack_pending_messages",
                 "Messages delivered and not yet acknowledged (polled).",
+            ),
+            stream_trimmed: counter(
+                "stream_trimmed_messages_total",
+                "Acknowledged messages purged from the stream by this processor's trim.",
             ),
             rule_evaluations: counter(
                 "rule_evaluations_total",

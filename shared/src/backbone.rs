@@ -44,16 +44,6 @@ pub enum BackboneError {
          more store (max_file_store, by default 75% of its free disk)"
     )]
     NoRoom { stream: String, max_bytes: i64 },
-    /// Named on its own because JetStream cannot change a stream's retention in place: a stream
-    /// made by a build before work-queue retention has to be drained and removed by hand.
-    #[error(
-        "stream {stream} keeps messages after they are processed (retention {found}); this \
-         version needs retention workqueue, which JetStream cannot change in place: let the \
-         processors of the previous version drain it (consumer pending 0), then delete it \
-         (`nats stream rm {stream}`; on a development machine `compose/down --reset`) and start \
-         again"
-    )]
-    OldRetention { stream: String, found: String },
     #[error("cannot create or open key bucket {bucket}: {source}")]
     Bucket {
         bucket: String,
@@ -71,11 +61,11 @@ pub async fn ensure_stream(
         name: names.stream(),
         subjects: vec![names.readings_wildcard()],
         storage: stream::StorageType::File,
-        // A message is removed once the processors' consumer acked it (after the database
-        // commit), so the byte limit bounds what is waiting, not what was already stored: with
-        // `Limits` retention, processed messages would fill the stream until `max_age`, and
-        // ingest would answer 503 with nothing left to process.
-        retention: stream::RetentionPolicy::WorkQueue,
+        // `Limits`, not `WorkQueue`: a work queue removes each message on its ack, which costs
+        // nats-server 2.9 about half as much CPU again per message (docs/benchmarks.md). The
+        // processors trim what they acknowledged instead, in one purge a second
+        // (`processor::consumer::poll_and_trim`), so the byte limit bounds only what waits.
+        retention: stream::RetentionPolicy::Limits,
         // When the stream is full, refuse new messages (the gateway answers 503 and the device
         // retries) rather than silently discarding old, not yet processed ones.
         discard: stream::DiscardPolicy::New,
@@ -85,15 +75,6 @@ pub async fn ensure_stream(
         duplicate_window: limits.duplicate_window,
         ..Default::default()
     };
-    if let Ok(existing) = js.get_stream(names.stream()).await {
-        let found = existing.cached_info().config.retention;
-        if found != stream::RetentionPolicy::WorkQueue {
-            return Err(BackboneError::OldRetention {
-                stream: names.stream(),
-                found: format!("{found:?}").to_lowercase(),
-            });
-        }
-    }
     js.create_or_update_stream(config).await.map_err(|e| {
         if let jetstream::context::CreateStreamErrorKind::JetStream(js) = e.kind()
             && js.error_code() == jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED

@@ -15,7 +15,8 @@ pub struct NatsArgs {
     pub namespace: String,
 
     /// Bytes of readings waiting for a processor that the telemetry stream may hold before it
-    /// refuses new ones (the gateway then answers 503); processed messages leave it. JetStream reserves this much of its store when the stream is created, so
+    /// refuses new ones (the gateway then answers 503); processors trim what they acked each
+    /// second. JetStream reserves this much of its store when the stream is created, so
     /// the server's `max_file_store` (by default 75% of its free disk) must be at least this.
     /// Set the same value on every gateway and processor: each brings the stream up to it.
     #[arg(

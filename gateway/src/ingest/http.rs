@@ -27,14 +27,35 @@ pub struct IngestResponse {
 }
 
 /// The key a request presents: `Authorization: Bearer <key>` or `X-API-Key: <key>`. Keys are
-/// never read from the URL, where proxies and access logs would keep them.
+/// never read from the URL, where proxies and access logs would keep them. A request that
+/// presents a header twice, or two different keys, names no device: which one it meant is a
+/// guess, and a guess is not authentication.
 pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(auth) = headers.get(header::AUTHORIZATION) {
-        let auth = auth.to_str().ok()?;
-        let (scheme, key) = auth.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| key.trim());
+    let from_auth = match single(headers, header::AUTHORIZATION.as_str())? {
+        Some(auth) => {
+            let (scheme, key) = auth.split_once(' ')?;
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return None;
+            }
+            Some(key.trim())
+        }
+        None => None,
+    };
+    let from_header = single(headers, "x-api-key")?.map(str::trim);
+    match (from_auth, from_header) {
+        (Some(a), Some(b)) if a != b => None,
+        (a, b) => a.or(b),
     }
-    headers.get("x-api-key")?.to_str().ok().map(str::trim)
+}
+
+/// `Some(None)` when the header is absent, `None` when it is repeated or not visible ASCII.
+fn single<'h>(headers: &'h HeaderMap, name: &str) -> Option<Option<&'h str>> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Some(None),
+        (Some(v), None) => v.to_str().ok().map(Some),
+        (Some(_), Some(_)) => None,
+    }
 }
 
 /// The public key id of the presented key, for per-device rate limiting before the body is read.
@@ -45,12 +66,13 @@ pub fn presented_key_id(headers: &HeaderMap) -> Option<String> {
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
-    let Some(value) = headers.get("idempotency-key") else {
+    let value = single(headers, "idempotency-key").ok_or_else(|| {
+        GatewayError::BadRequest("Idempotency-Key must be given once, in visible ASCII".into())
+    })?;
+    let Some(value) = value else {
         return Ok(None);
     };
-    let key = value
-        .to_str()
-        .ok()
+    let key = Some(value)
         .filter(|k| (1..=128).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()));
     key.map(Some).ok_or_else(|| {
         GatewayError::BadRequest("Idempotency-Key must be 1-128 visible ASCII characters".into())
@@ -180,4 +202,64 @@ pub async fn post_ingest(
             duplicate: accepted.duplicate,
         }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn a_key_comes_from_exactly_one_place() {
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Bearer k1")])),
+            Some("k1")
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "bearer  k1 ")])),
+            Some("k1")
+        );
+        assert_eq!(presented_key(&headers(&[("x-api-key", "k1")])), Some("k1"));
+        // The same key in both is one key.
+        let both = headers(&[("authorization", "Bearer k1"), ("x-api-key", "k1")]);
+        assert_eq!(presented_key(&both), Some("k1"));
+        assert_eq!(presented_key(&headers(&[])), None);
+    }
+
+    #[test]
+    fn two_keys_a_repeated_header_or_another_scheme_name_no_device() {
+        let two = headers(&[("authorization", "Bearer k1"), ("x-api-key", "k2")]);
+        assert_eq!(presented_key(&two), None);
+        let repeated = headers(&[
+            ("authorization", "Bearer k1"),
+            ("authorization", "Bearer k1"),
+        ]);
+        assert_eq!(presented_key(&repeated), None);
+        let repeated = headers(&[("x-api-key", "k1"), ("x-api-key", "k2")]);
+        assert_eq!(presented_key(&repeated), None);
+        let basic = headers(&[("authorization", "Basic azE6"), ("x-api-key", "k1")]);
+        assert_eq!(presented_key(&basic), None);
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Bearer")])),
+            None
+        );
+    }
+
+    #[test]
+    fn an_idempotency_key_is_given_once() {
+        assert_eq!(idempotency_key(&headers(&[])).unwrap(), None);
+        let one = headers(&[("idempotency-key", "batch-1")]);
+        assert_eq!(idempotency_key(&one).unwrap(), Some("batch-1"));
+        let twice = headers(&[("idempotency-key", "a"), ("idempotency-key", "b")]);
+        assert!(idempotency_key(&twice).is_err());
+        assert!(idempotency_key(&headers(&[("idempotency-key", "with space")])).is_err());
+    }
 }

@@ -609,7 +609,7 @@ async fn a_qos1_publish_while_jetstream_is_unavailable_is_acknowledged_only_once
     let mut stream = js.get_stream(names.stream()).await.unwrap();
     let state = stream.info().await.unwrap().state.clone();
     assert_eq!(state.last_sequence, 1, "the stream took the message once");
-    // Work-queue retention: once the processor acked it (after the commit), it is gone.
+    // Once the processor acked it (after the commit), its trim removes it from the stream.
     wait_until(
         Duration::from_secs(10),
         "the stored message leaves the stream",

@@ -532,6 +532,27 @@ async fn both_processes_export_the_families_with_the_values_of_the_traffic_sent(
         },
     )
     .await;
+    // The one processor trims every message it acknowledged (the terminated one too) from the
+    // stream: its counter ends at the number of messages the stream ever took.
+    let js = async_nats::jetstream::new(async_nats::connect(&hub.opts.nats_url).await.unwrap());
+    let names = shared::names::Names::new(&hub.namespace).unwrap();
+    let published = js
+        .get_stream(names.stream())
+        .await
+        .unwrap()
+        .cached_info()
+        .state
+        .last_sequence as f64;
+    assert!(published > 0.0);
+    wait_until(
+        Duration::from_secs(10),
+        "hub_processor_stream_trimmed_messages_total to reach the messages published",
+        || async {
+            let p = scrape(&hub, &pr).await;
+            metric_value(&p, "hub_processor_stream_trimmed_messages_total", &[]) == published
+        },
+    )
+    .await;
 
     let g1 = scrape(&hub, &gw).await;
     let p1 = scrape(&hub, &pr).await;

@@ -129,9 +129,15 @@ pub struct CurrentUser {
 #[derive(Debug, Clone)]
 pub struct AdminUser(pub CurrentUser);
 
-fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
+/// The bearer token of a request with exactly one `Authorization` header: of two, which one the
+/// caller meant is a guess (the gateway refuses the same for device keys).
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
@@ -139,7 +145,7 @@ impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let token = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         let claims = state.tokens.verify(token)?;
         let role = storage::users::role_of(&state.db, claims.sub)
             .await?
@@ -170,6 +176,23 @@ mod tests {
 
     fn tokens() -> Tokens {
         Tokens::new(Some(&Secret::new("0123456789abcdef0123456789abcdef")), 60).unwrap()
+    }
+
+    #[test]
+    fn a_token_comes_from_exactly_one_authorization_header() {
+        use axum::http::{HeaderMap, HeaderValue};
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer t1"));
+        assert_eq!(bearer(&h), Some("t1"));
+        h.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer t1"));
+        assert_eq!(bearer(&h), None);
+        let mut basic = HeaderMap::new();
+        basic.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic dDE="),
+        );
+        assert_eq!(bearer(&basic), None);
     }
 
     #[test]

@@ -132,13 +132,10 @@ pub struct AdminUser(pub CurrentUser);
 /// The bearer token of a request with exactly one `Authorization` header: of two, which one the
 /// caller meant is a guess (the gateway refuses the same for device keys).
 fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let value = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    shared::http::bearer_token(shared::http::single_header(
+        headers,
+        header::AUTHORIZATION.as_str(),
+    )??)
 }
 
 impl FromRequestParts<AppState> for CurrentUser {

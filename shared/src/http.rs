@@ -7,10 +7,14 @@
 //! within [`ServeOptions::header_read_timeout`] (which also closes keep-alive connections idle for
 //! that long), and handlers bound their whole body read (see [`read_body`]): a per-chunk timeout
 //! would let a client trickle one byte at a time.
+//!
+//! Also the reading of credential headers both binaries share ([`single_header`],
+//! [`bearer_token`]).
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::ConnectInfo;
+use axum::http::HeaderMap;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
@@ -139,4 +143,22 @@ pub async fn read_body(
             })
         }
     }
+}
+
+/// The value of a header given exactly once: `Some(None)` when it is absent, `None` when it is
+/// repeated or not visible ASCII. For credentials: of two values, which one the client meant is
+/// a guess, and a guess is not authentication.
+pub fn single_header<'h>(headers: &'h HeaderMap, name: &str) -> Option<Option<&'h str>> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Some(None),
+        (Some(v), None) => v.to_str().ok().map(Some),
+        (Some(_), Some(_)) => None,
+    }
+}
+
+/// The token of an `Authorization` value `Bearer <token>` (the scheme in any case), else `None`.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }

@@ -392,6 +392,16 @@ impl TestHub {
             .expect("count query")
     }
 
+    /// A JetStream context on this hub's NATS and the names of its objects, for tests that look
+    /// at the stream itself or take it away.
+    pub async fn jetstream(&self) -> (async_nats::jetstream::Context, shared::names::Names) {
+        let client = async_nats::connect(&self.opts.nats_url)
+            .await
+            .expect("connect to NATS");
+        let names = shared::names::Names::new(&self.namespace).expect("the test namespace");
+        (async_nats::jetstream::new(client), names)
+    }
+
     /// Waits until `stored(device) == expected` and stays there briefly (no late duplicates).
     pub async fn wait_stored(&self, device: Uuid, expected: i64) {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -512,4 +522,14 @@ impl Drop for TestHub {
             panic!("secrets found in the hub's logs (process, secret prefix): {leaks:?}");
         }
     }
+}
+
+/// The state of a hub's telemetry stream now (messages held, last sequence); `None` while it
+/// does not exist.
+pub async fn stream_state(
+    js: &async_nats::jetstream::Context,
+    names: &shared::names::Names,
+) -> Option<async_nats::jetstream::stream::State> {
+    let stream = js.get_stream(names.stream()).await.ok()?;
+    Some(stream.cached_info().state.clone())
 }

@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::Serialize;
-use shared::http::{BodyReadError, BodyTimeout};
+use shared::http::{BodyReadError, BodyTimeout, bearer_token, single_header};
 use shared::ingest::Rejection;
 use shared::wire::Channel;
 use std::net::{IpAddr, SocketAddr};
@@ -31,30 +31,14 @@ pub struct IngestResponse {
 /// presents a header twice, or two different keys, names no device: which one it meant is a
 /// guess, and a guess is not authentication.
 pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    let from_auth = match single(headers, header::AUTHORIZATION.as_str())? {
-        Some(auth) => {
-            let (scheme, key) = auth.split_once(' ')?;
-            if !scheme.eq_ignore_ascii_case("bearer") {
-                return None;
-            }
-            Some(key.trim())
-        }
+    let from_auth = match single_header(headers, header::AUTHORIZATION.as_str())? {
+        Some(auth) => Some(bearer_token(auth)?),
         None => None,
     };
-    let from_header = single(headers, "x-api-key")?.map(str::trim);
+    let from_header = single_header(headers, "x-api-key")?.map(str::trim);
     match (from_auth, from_header) {
         (Some(a), Some(b)) if a != b => None,
         (a, b) => a.or(b),
-    }
-}
-
-/// `Some(None)` when the header is absent, `None` when it is repeated or not visible ASCII.
-fn single<'h>(headers: &'h HeaderMap, name: &str) -> Option<Option<&'h str>> {
-    let mut values = headers.get_all(name).iter();
-    match (values.next(), values.next()) {
-        (None, _) => Some(None),
-        (Some(v), None) => v.to_str().ok().map(Some),
-        (Some(_), Some(_)) => None,
     }
 }
 
@@ -66,17 +50,19 @@ pub fn presented_key_id(headers: &HeaderMap) -> Option<String> {
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
-    let value = single(headers, "idempotency-key").ok_or_else(|| {
+    let value = single_header(headers, "idempotency-key").ok_or_else(|| {
         GatewayError::BadRequest("Idempotency-Key must be given once, in visible ASCII".into())
     })?;
-    let Some(value) = value else {
+    let Some(key) = value else {
         return Ok(None);
     };
-    let key = Some(value)
-        .filter(|k| (1..=128).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()));
-    key.map(Some).ok_or_else(|| {
-        GatewayError::BadRequest("Idempotency-Key must be 1-128 visible ASCII characters".into())
-    })
+    if (1..=128).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(Some(key))
+    } else {
+        Err(GatewayError::BadRequest(
+            "Idempotency-Key must be 1-128 visible ASCII characters".into(),
+        ))
+    }
 }
 
 /// The client's address: the peer, or the first address in the trusted proxy header.

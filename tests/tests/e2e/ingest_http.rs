@@ -1,7 +1,7 @@
 //! `POST /ingest` over HTTP: every status of docs/api.md and the cases C1–C6, C9, C10 (inputs that broke comparable
 //! systems).
 
-use hub_tests::hub::{HubOptions, TestHub, wait_until};
+use hub_tests::hub::{HubOptions, TestHub, stream_state, wait_until};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -397,8 +397,7 @@ async fn the_gateway_answers_503_when_jetstream_cannot_store() {
     .await;
     let token = hub.admin_token().await;
     let d = hub.create_device(&token, "unlucky").await;
-    let js = async_nats::jetstream::new(async_nats::connect(&hub.opts.nats_url).await.unwrap());
-    let names = shared::names::Names::new(&hub.namespace).unwrap();
+    let (js, names) = hub.jetstream().await;
     js.delete_stream(names.stream()).await.unwrap();
     let r = hub
         .http
@@ -430,17 +429,10 @@ async fn the_stream_limit_bounds_only_what_waits_for_a_processor() {
     .await;
     let token = hub.admin_token().await;
     let d = hub.create_device(&token, "steady").await;
-    let js = async_nats::jetstream::new(async_nats::connect(&hub.opts.nats_url).await.unwrap());
-    let names = shared::names::Names::new(&hub.namespace).unwrap();
+    let (js, names) = hub.jetstream().await;
     let per_body: i64 = 10_000;
     let rounds: i64 = 16;
-    let drained = || async {
-        js.get_stream(names.stream())
-            .await
-            .ok()
-            .map(|s| s.cached_info().state.messages)
-            == Some(0)
-    };
+    let drained = || async { stream_state(&js, &names).await.map(|s| s.messages) == Some(0) };
     for round in 0..rounds {
         // Each round waits for the trim of the last: without it, the stream never empties.
         wait_until(Duration::from_secs(10), "the stream is trimmed", drained).await;
@@ -456,7 +448,6 @@ async fn the_stream_limit_bounds_only_what_waits_for_a_processor() {
     }
     // Each message holds 10 000 readings of at least 16 bytes (an f64 value and a timestamp),
     // so the stream took over 2.5 MiB in all, more than twice its limit.
-    let mut stream = js.get_stream(names.stream()).await.unwrap();
-    let state = stream.info().await.unwrap().state.clone();
+    let state = stream_state(&js, &names).await.unwrap();
     assert_eq!(state.last_sequence, rounds as u64, "{state:?}");
 }

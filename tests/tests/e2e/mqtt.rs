@@ -3,7 +3,7 @@
 //! PUBACK that must *not* come — by a bare client written with rumqttc's own codec.
 
 use bytes::BytesMut;
-use hub_tests::hub::{HubOptions, TestDevice, TestHub, wait_until};
+use hub_tests::hub::{HubOptions, TestDevice, TestHub, stream_state, wait_until};
 use reqwest::Method;
 use rumqttc::mqttbytes::v4::{
     ConnAck, Connect, ConnectReturnCode, Packet, PubAck, Publish, SubAck, Subscribe,
@@ -571,8 +571,7 @@ async fn a_qos1_publish_while_jetstream_is_unavailable_is_acknowledged_only_once
     let addr = mqtt_addr(&hub);
     let mut raw = Raw::device(addr, "patient", &d).await;
 
-    let js = async_nats::jetstream::new(async_nats::connect(&hub.opts.nats_url).await.unwrap());
-    let names = shared::names::Names::new(&hub.namespace).unwrap();
+    let (js, names) = hub.jetstream().await;
     js.delete_stream(names.stream()).await.unwrap();
 
     raw.publish(
@@ -606,20 +605,13 @@ async fn a_qos1_publish_while_jetstream_is_unavailable_is_acknowledged_only_once
     hub.processors.clear();
     hub.start_processor().await;
     hub.wait_stored(d.id, 1).await;
-    let mut stream = js.get_stream(names.stream()).await.unwrap();
-    let state = stream.info().await.unwrap().state.clone();
+    let state = stream_state(&js, &names).await.unwrap();
     assert_eq!(state.last_sequence, 1, "the stream took the message once");
     // Once the processor acked it (after the commit), its trim removes it from the stream.
     wait_until(
         Duration::from_secs(10),
         "the stored message leaves the stream",
-        || async {
-            js.get_stream(names.stream())
-                .await
-                .ok()
-                .map(|s| s.cached_info().state.messages)
-                == Some(0)
-        },
+        || async { stream_state(&js, &names).await.map(|s| s.messages) == Some(0) },
     )
     .await;
 }

@@ -5,7 +5,7 @@
 //! The readiness tests start their own nats-server or PostgreSQL cluster and stop *that*: the
 //! machine's shared servers are used by every other test running in parallel.
 
-use hub_tests::hub::{HubOptions, TestDevice, TestHub, metric_value, wait_until};
+use hub_tests::hub::{HubOptions, TestDevice, TestHub, metric_value, stream_state, wait_until};
 use hub_tests::process::Process;
 use reqwest::Method;
 use serde_json::Value;
@@ -497,8 +497,7 @@ async fn both_processes_export_the_families_with_the_values_of_the_traffic_sent(
     )
     .await;
     // A poison message published behind the gateway's back is terminated and counted.
-    let names = shared::names::Names::new(&hub.namespace).unwrap();
-    let js = async_nats::jetstream::new(async_nats::connect(&hub.opts.nats_url).await.unwrap());
+    let (js, names) = hub.jetstream().await;
     js.publish(
         names.readings_subject(device.id),
         b"\x07garbage".as_ref().into(),
@@ -534,15 +533,8 @@ async fn both_processes_export_the_families_with_the_values_of_the_traffic_sent(
     .await;
     // The one processor trims every message it acknowledged (the terminated one too) from the
     // stream: its counter ends at the number of messages the stream ever took.
-    let js = async_nats::jetstream::new(async_nats::connect(&hub.opts.nats_url).await.unwrap());
-    let names = shared::names::Names::new(&hub.namespace).unwrap();
-    let published = js
-        .get_stream(names.stream())
-        .await
-        .unwrap()
-        .cached_info()
-        .state
-        .last_sequence as f64;
+    let (js, names) = hub.jetstream().await;
+    let published = stream_state(&js, &names).await.unwrap().last_sequence as f64;
     assert!(published > 0.0);
     wait_until(
         Duration::from_secs(10),
@@ -837,8 +829,7 @@ async fn logs_are_json_lines_with_the_house_fields_and_never_a_secret() {
         )
         .await;
     assert_eq!(s, 200);
-    let names = shared::names::Names::new(&hub.namespace).unwrap();
-    let js = async_nats::jetstream::new(async_nats::connect(&hub.opts.nats_url).await.unwrap());
+    let (js, names) = hub.jetstream().await;
     js.publish(
         names.readings_subject(device.id),
         b"\x07garbage".as_ref().into(),
